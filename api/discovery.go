@@ -1,0 +1,63 @@
+package api
+
+import (
+	"net/http"
+)
+
+// specVersions lists the spec versions Weft implements completely. A version
+// is added only when every endpoint and behaviour it requires is served, so
+// that clients' feature checks are truthful; it grows as the issues land.
+var specVersions = []string{}
+
+// unstableFeatures lists the MSC flags Weft really implements.
+var unstableFeatures = map[string]bool{}
+
+// GET /_matrix/client/versions: the spec versions this server supports.
+func (s *server) versions(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"versions":          specVersions,
+		"unstable_features": unstableFeatures,
+	})
+}
+
+// GET /.well-known/matrix/client: where clients find the client-server API.
+func (s *server) wellKnownClient(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"m.homeserver": map[string]string{"base_url": s.opts.BaseURL},
+	})
+}
+
+// GET /.well-known/matrix/server: federation delegation, when configured.
+func (s *server) wellKnownServer(w http.ResponseWriter, r *http.Request) {
+	if s.opts.WellKnownServer == "" {
+		writeError(w, r, s.log, matrixError("M_NOT_FOUND", "No server delegation is configured"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"m.server": s.opts.WellKnownServer})
+}
+
+// GET /.well-known/matrix/support: the operator's contacts and help page; 404
+// when neither is configured, as the spec says.
+func (s *server) wellKnownSupport(w http.ResponseWriter, r *http.Request) {
+	if len(s.opts.Support.Contacts) == 0 && s.opts.Support.SupportPage == "" {
+		writeError(w, r, s.log, matrixError("M_NOT_FOUND", "No support information is configured"))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.opts.Support)
+}
+
+// GET /health: 200 "OK" when the database answers, 503 otherwise. Load
+// balancers and the e2e harness poll it.
+func (s *server) health(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Health != nil {
+		if err := s.opts.Health.Ping(r.Context()); err != nil {
+			s.log.WarnContext(r.Context(), "health check failed", "request_id", RequestID(r.Context()), "err", err)
+			e := matrixError("M_UNKNOWN", "Database unavailable")
+			e.StatusCode = http.StatusServiceUnavailable
+			writeError(w, r, s.log, e)
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte("OK"))
+}

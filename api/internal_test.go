@@ -1,0 +1,98 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"maunium.net/go/mautrix"
+)
+
+func TestDecodeJSONErrors(t *testing.T) {
+	type body struct {
+		Name  string `json:"name"`
+		Count int    `json:"count"`
+	}
+	cases := []struct {
+		in, errcode string
+	}{
+		{``, "M_NOT_JSON"},
+		{`not json`, "M_NOT_JSON"},
+		{`{"name": "x"`, "M_NOT_JSON"},
+		{`[1,2]`, "M_NOT_JSON"},
+		{`"str"`, "M_NOT_JSON"},
+		{`{"count": "seven"}`, "M_BAD_JSON"},
+		{`{"name": 5}`, "M_BAD_JSON"},
+		{`{"name": "ok", "count": 3, "extra": true}`, ""},
+		{`{"name":"` + strings.Repeat("a", 200) + `"}`, "M_TOO_LARGE"},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest("POST", "/", strings.NewReader(c.in))
+		r.Body = http.MaxBytesReader(httptest.NewRecorder(), r.Body, 100)
+		var v body
+		err := decodeJSON(r, &v)
+		var re mautrix.RespError
+		switch {
+		case c.errcode == "" && err != nil:
+			t.Errorf("%q: unexpected error %v", c.in, err)
+		case c.errcode != "" && (!errors.As(err, &re) || re.ErrCode != c.errcode):
+			t.Errorf("%q: got %v, want %s", c.in, err, c.errcode)
+		}
+	}
+}
+
+func TestStatusFor(t *testing.T) {
+	cases := map[int]mautrix.RespError{
+		403: {ErrCode: "M_FORBIDDEN"},
+		404: {ErrCode: "M_NOT_FOUND"},
+		413: {ErrCode: "M_TOO_LARGE"},
+		429: {ErrCode: "M_LIMIT_EXCEEDED"},
+		401: {ErrCode: "M_UNKNOWN_TOKEN"},
+		405: {ErrCode: "M_UNRECOGNIZED", StatusCode: 405},
+		400: {ErrCode: "COM.EXAMPLE_SOMETHING"},
+	}
+	for want, e := range cases {
+		if got := statusFor(e); got != want {
+			t.Errorf("%s: %d, want %d", e.ErrCode, got, want)
+		}
+	}
+}
+
+// A handler panic becomes one 500 M_UNKNOWN and one log line with the request id.
+func TestRecovererLogsOnce(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
+	h := requestID(recoverer(log)(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		panic("boom")
+	})))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/x", nil))
+	var e struct{ Errcode string }
+	_ = json.Unmarshal(rec.Body.Bytes(), &e)
+	if rec.Code != 500 || e.Errcode != "M_UNKNOWN" {
+		t.Fatalf("got %d %s", rec.Code, rec.Body)
+	}
+	rid := rec.Header().Get("X-Request-Id")
+	if n := strings.Count(logs.String(), "panic while serving request"); n != 1 || !strings.Contains(logs.String(), rid) {
+		t.Fatalf("want one panic log line with request id %s, got:\n%s", rid, logs.String())
+	}
+}
+
+// An error that is not a Matrix error is a 500 whose cause is logged, not sent.
+func TestInternalErrorsAreHidden(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	rec := httptest.NewRecorder()
+	writeError(rec, httptest.NewRequest("GET", "/x", nil), log, errors.New("pq: password=hunter2 connection refused"))
+	if rec.Code != 500 || strings.Contains(rec.Body.String(), "hunter2") {
+		t.Fatalf("got %d %s", rec.Code, rec.Body)
+	}
+	if !strings.Contains(logs.String(), "hunter2") {
+		t.Fatalf("cause not logged")
+	}
+}

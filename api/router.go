@@ -1,0 +1,90 @@
+// Package api is Weft's client-server HTTP surface: the chi router, the
+// middleware every request passes through, the mapping of Matrix errors to
+// HTTP statuses, and one file per endpoint group. Handlers are thin: decode,
+// validate, one domain call, encode.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// HealthChecker reports whether the server can serve (the database answers).
+type HealthChecker interface {
+	Ping(ctx context.Context) error
+}
+
+// Options is everything the router needs; cmd/weft builds it from the config.
+type Options struct {
+	ServerName string
+	// BaseURL is the client-facing URL served in .well-known/matrix/client.
+	BaseURL string
+	// WellKnownServer is the m.server delegation; empty means 404.
+	WellKnownServer string
+	Support         Support
+	MaxBodyBytes    int64
+
+	Logger *slog.Logger
+	Health HealthChecker
+	// Metrics receives the HTTP metrics; Gatherer serves /metrics. Either
+	// may be nil to disable metrics.
+	Metrics  prometheus.Registerer
+	Gatherer prometheus.Gatherer
+}
+
+// Support is the /.well-known/matrix/support document (spec v1.10).
+type Support struct {
+	Contacts    []SupportContact `json:"contacts,omitempty"`
+	SupportPage string           `json:"support_page,omitempty"`
+}
+
+// SupportContact is one way to reach the operator.
+type SupportContact struct {
+	MatrixID     string `json:"matrix_id,omitempty"`
+	EmailAddress string `json:"email_address,omitempty"`
+	Role         string `json:"role"`
+}
+
+// server carries the handlers' dependencies.
+type server struct {
+	opts Options
+	log  *slog.Logger
+}
+
+// NewRouter builds the whole HTTP handler.
+func NewRouter(opts Options) http.Handler {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &server{opts: opts, log: opts.Logger}
+	r := chi.NewRouter()
+	r.Use(requestID, accessLog(s.log))
+	if opts.Metrics != nil {
+		r.Use(newHTTPMetrics(opts.Metrics).middleware)
+	}
+	r.Use(recoverer(s.log), cors, limitBody(opts.MaxBodyBytes))
+
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, s.log, matrixError("M_UNRECOGNIZED", "Unrecognized request"))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		e := matrixError("M_UNRECOGNIZED", "Method "+r.Method+" is not allowed on this endpoint")
+		e.StatusCode = http.StatusMethodNotAllowed
+		writeError(w, r, s.log, e)
+	})
+
+	r.Get("/_matrix/client/versions", s.versions)
+	r.Get("/.well-known/matrix/client", s.wellKnownClient)
+	r.Get("/.well-known/matrix/server", s.wellKnownServer)
+	r.Get("/.well-known/matrix/support", s.wellKnownSupport)
+	r.Get("/health", s.health)
+	if opts.Gatherer != nil {
+		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
+	}
+	return r
+}

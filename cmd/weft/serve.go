@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/weftchat/weft/api"
+	"github.com/weftchat/weft/internal/config"
+	"github.com/weftchat/weft/storage"
+	"github.com/weftchat/weft/storage/pgserver"
+)
+
+// serve runs the homeserver until SIGINT or SIGTERM, then shuts down in
+// order: stop accepting, drain in-flight requests (up to the grace period),
+// close the pool, stop the embedded PostgreSQL.
+func serve(parent context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", os.Getenv("WEFT_CONFIG"), "path to the YAML config file (default: none; env WEFT_CONFIG)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath, os.Environ())
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, stderr)
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("creating data_dir %s: %w", cfg.DataDir, err)
+	}
+
+	dbURL := cfg.Database.URL
+	if dbURL == "" {
+		pg, err := pgserver.Start(ctx, pgserver.Options{
+			Dir:     filepath.Join(cfg.DataDir, "postgres"),
+			BinDir:  cfg.Database.Embedded.BinDir,
+			RunAs:   cfg.Database.Embedded.RunAs,
+			Durable: true,
+			Logger:  log,
+		})
+		if err != nil {
+			return fmt.Errorf("embedded PostgreSQL: %w", err)
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := pg.Stop(sctx); err != nil {
+				log.Error("stopping embedded PostgreSQL", "err", err)
+			}
+		}()
+		dbURL = pg.URL()
+	}
+
+	db, err := storage.Open(ctx, dbURL, storage.Options{MaxConns: int32(cfg.Database.MaxConns), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := db.ClaimServerName(ctx, cfg.ServerName); err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector())
+
+	handler := api.NewRouter(api.Options{
+		ServerName:      cfg.ServerName,
+		BaseURL:         cfg.BaseURL(),
+		WellKnownServer: cfg.WellKnown.Server,
+		Support:         supportDoc(cfg.Support),
+		MaxBodyBytes:    cfg.HTTP.MaxBodyBytes,
+		Logger:          log,
+		Health:          db,
+		Metrics:         reg,
+		Gatherer:        reg,
+	})
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s (config key listen): %w", cfg.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout),
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("weft ready", "version", versionString(), "server_name", cfg.ServerName,
+		"listen", ln.Addr().String(), "base_url", cfg.BaseURL())
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("HTTP server: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: draining requests", "grace", time.Duration(cfg.HTTP.ShutdownGrace))
+	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.HTTP.ShutdownGrace))
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("grace period over; closing remaining connections", "err", err)
+		_ = srv.Close()
+	}
+	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("HTTP server", "err", err)
+	}
+	log.Info("shutdown complete")
+	return nil
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func supportDoc(s config.Support) api.Support {
+	out := api.Support{SupportPage: s.Page}
+	for _, c := range s.Contacts {
+		out.Contacts = append(out.Contacts, api.SupportContact{MatrixID: c.MatrixID, EmailAddress: c.Email, Role: c.Role})
+	}
+	return out
+}

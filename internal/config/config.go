@@ -1,0 +1,297 @@
+// Package config defines Weft's typed configuration: its defaults, how a YAML
+// file and WEFT_* environment variables are layered onto them, and the checks
+// every value passes before the server starts.
+//
+// Precedence, lowest first: built-in defaults, the YAML file, environment
+// variables. Every key has an environment name derived from its YAML path:
+// `database.url` is WEFT_DATABASE_URL, `log.level` is WEFT_LOG_LEVEL.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	"maunium.net/go/mautrix/id"
+)
+
+// Config is the whole configuration. YAML tags are the file's key names;
+// the environment names are derived from them (see envNames).
+type Config struct {
+	// ServerName is the domain part of every user ID and room alias. It can
+	// never change once users exist: storage refuses to start otherwise.
+	ServerName string `yaml:"server_name"`
+	// Listen is the host:port of the client-server API.
+	Listen string `yaml:"listen"`
+	// PublicBaseURL is the URL clients reach Listen at (behind a proxy, the
+	// proxy's URL). Empty: derived, see Config.BaseURL.
+	PublicBaseURL string `yaml:"public_baseurl"`
+	// DataDir holds the signing key, media and the embedded PostgreSQL cluster.
+	DataDir string `yaml:"data_dir"`
+
+	Log       Log       `yaml:"log"`
+	Database  Database  `yaml:"database"`
+	HTTP      HTTP      `yaml:"http"`
+	WellKnown WellKnown `yaml:"well_known"`
+	Support   Support   `yaml:"support"`
+}
+
+// Log configures the structured logger.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// Database selects the PostgreSQL server.
+type Database struct {
+	// URL of an external PostgreSQL server. Empty: run the embedded cluster.
+	URL      string   `yaml:"url"`
+	MaxConns int      `yaml:"max_conns"`
+	Embedded Embedded `yaml:"embedded"`
+}
+
+// Embedded configures the private PostgreSQL cluster used when Database.URL
+// is empty.
+type Embedded struct {
+	// BinDir holds initdb and postgres. Empty: pg_config --bindir, then the
+	// usual Debian and Homebrew locations.
+	BinDir string `yaml:"bin_dir"`
+	// RunAs is the system account that owns and runs the cluster when Weft
+	// itself runs as root (PostgreSQL refuses to run as root).
+	RunAs string `yaml:"run_as"`
+}
+
+// HTTP configures the client-server listener.
+type HTTP struct {
+	// MaxBodyBytes caps every request body; larger bodies get M_TOO_LARGE.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// ShutdownGrace is how long in-flight requests may run after SIGTERM.
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+	// ReadHeaderTimeout bounds slow-header clients.
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+}
+
+// WellKnown configures the /.well-known/matrix documents.
+type WellKnown struct {
+	// Server is the m.server delegation (host:port of the federation API)
+	// served at /.well-known/matrix/server. Empty: that document is 404.
+	Server string `yaml:"server"`
+}
+
+// Support is served at /.well-known/matrix/support (spec v1.10).
+type Support struct {
+	Page     string    `yaml:"page"`
+	Contacts []Contact `yaml:"contacts"`
+}
+
+// Contact is one way to reach the operator.
+type Contact struct {
+	MatrixID string `yaml:"matrix_id"`
+	Email    string `yaml:"email_address"`
+	Role     string `yaml:"role"`
+}
+
+// Duration is a time.Duration written as "30s", "5m" in YAML and env.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration like 30s or 5m", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration back as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Default returns the configuration used when nothing is configured.
+func Default() Config {
+	return Config{
+		ServerName: "localhost",
+		Listen:     "127.0.0.1:8008",
+		DataDir:    "./weft-data",
+		Log:        Log{Level: "info", Format: "text"},
+		Database: Database{
+			MaxConns: 20,
+			Embedded: Embedded{RunAs: "postgres"},
+		},
+		HTTP: HTTP{
+			MaxBodyBytes:      10 << 20,
+			ShutdownGrace:     Duration(10 * time.Second),
+			ReadHeaderTimeout: Duration(10 * time.Second),
+		},
+	}
+}
+
+// Load builds the configuration from the defaults, the YAML file at path
+// (skipped when path is empty) and the WEFT_* variables in environ
+// (os.Environ() form), then validates it. Errors name the offending key.
+func Load(path string, environ []string) (*Config, error) {
+	cfg := Default()
+	if path != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading config file: %w", err)
+		}
+		if err := decodeYAML(raw, &cfg); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(&cfg, environ); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// decodeYAML decodes strictly: an unknown key is an error naming it.
+func decodeYAML(raw []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file means defaults
+		}
+		return err
+	}
+	return nil
+}
+
+// Validate checks every value and names the key of the first bad one.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config key %s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if err := validServerName(c.ServerName); err != nil {
+		bad("server_name", "%v", err)
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%q is not host:port", c.Listen)
+	}
+	if c.PublicBaseURL != "" {
+		if u, err := url.Parse(c.PublicBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("public_baseurl", "%q is not an http(s) URL", c.PublicBaseURL)
+		}
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must not be empty")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	if c.Database.URL != "" {
+		if u, err := url.Parse(c.Database.URL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			bad("database.url", "must be a postgres:// URL")
+		}
+	}
+	if c.Database.MaxConns < 2 || c.Database.MaxConns > 1000 {
+		bad("database.max_conns", "%d is outside 2..1000", c.Database.MaxConns)
+	}
+	if c.HTTP.MaxBodyBytes < 1024 {
+		bad("http.max_body_bytes", "%d is below 1024", c.HTTP.MaxBodyBytes)
+	}
+	if c.HTTP.ShutdownGrace < 0 {
+		bad("http.shutdown_grace", "must not be negative")
+	}
+	if c.HTTP.ReadHeaderTimeout <= 0 {
+		bad("http.read_header_timeout", "must be positive")
+	}
+	if c.WellKnown.Server != "" {
+		if err := validServerName(c.WellKnown.Server); err != nil {
+			bad("well_known.server", "%v", err)
+		}
+	}
+	if c.Support.Page != "" {
+		if u, err := url.Parse(c.Support.Page); err != nil || u.Scheme == "" || u.Host == "" {
+			bad("support.page", "%q is not an absolute URL", c.Support.Page)
+		}
+	}
+	for i, ct := range c.Support.Contacts {
+		key := fmt.Sprintf("support.contacts[%d]", i)
+		if ct.MatrixID == "" && ct.Email == "" {
+			bad(key, "needs matrix_id or email_address")
+		}
+		if ct.MatrixID != "" {
+			if _, _, err := id.UserID(ct.MatrixID).ParseAndValidateRelaxed(); err != nil {
+				bad(key+".matrix_id", "%q is not a Matrix user ID", ct.MatrixID)
+			}
+		}
+		if ct.Email != "" && !strings.Contains(ct.Email, "@") {
+			bad(key+".email_address", "%q is not an email address", ct.Email)
+		}
+		if ct.Role == "" {
+			bad(key+".role", "is required (m.role.admin or m.role.security)")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// BaseURL is the client-facing URL of this server: public_baseurl when set;
+// otherwise http://listen for a loopback listener (a developer's machine) and
+// https://server_name for anything else (the usual reverse-proxy setup).
+func (c *Config) BaseURL() string {
+	if c.PublicBaseURL != "" {
+		return strings.TrimSuffix(c.PublicBaseURL, "/")
+	}
+	host, _, _ := net.SplitHostPort(c.Listen)
+	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		return "http://" + c.Listen
+	}
+	return "https://" + c.ServerName
+}
+
+// validServerName checks the spec's server name grammar: a DNS name, IPv4
+// literal or bracketed IPv6 literal, with an optional port.
+func validServerName(s string) error {
+	if s == "" {
+		return errors.New("must not be empty")
+	}
+	host := s
+	if h, port, err := net.SplitHostPort(s); err == nil {
+		host = h
+		if port == "" {
+			return fmt.Errorf("%q has an empty port", s)
+		}
+		if strings.Contains(s, "[") {
+			host = "[" + h + "]"
+		}
+	}
+	if strings.HasPrefix(host, "[") {
+		if !strings.HasSuffix(host, "]") || net.ParseIP(host[1:len(host)-1]) == nil {
+			return fmt.Errorf("%q is not a valid IPv6 literal", s)
+		}
+		return nil
+	}
+	if len(host) > 255 {
+		return fmt.Errorf("%q is longer than 255 characters", s)
+	}
+	for _, r := range host {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return fmt.Errorf("%q has the character %q, not allowed in a server name", s, r)
+		}
+	}
+	return nil
+}
