@@ -1,7 +1,7 @@
 package e2e
 
 import (
-		"context"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"

@@ -155,7 +155,6 @@ func ensureTemplate(ctx context.Context, adminURL string) (string, error) {
 	return name, nil
 }
 
-
 func withDatabase(rawURL, db string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
