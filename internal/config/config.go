@@ -40,6 +40,95 @@ type Config struct {
 	HTTP      HTTP      `yaml:"http"`
 	WellKnown WellKnown `yaml:"well_known"`
 	Support   Support   `yaml:"support"`
+
+	Registration  Registration  `yaml:"registration"`
+	Passwords     Passwords     `yaml:"passwords"`
+	Login         Login         `yaml:"login"`
+	JWT           JWT           `yaml:"jwt"`
+	RateLimits    RateLimits    `yaml:"rate_limits"`
+	UserDirectory UserDirectory `yaml:"user_directory"`
+	TURN          TURN          `yaml:"turn"`
+}
+
+// Registration controls who may create accounts.
+type Registration struct {
+	// Mode is disabled, open (m.login.dummy) or token (m.login.registration_token).
+	Mode string `yaml:"mode"`
+	// SharedSecret enables Synapse-compatible /_synapse/admin/v1/register.
+	SharedSecret string `yaml:"shared_secret"`
+	// AllowGuests lets kind=guest register guest accounts.
+	AllowGuests bool `yaml:"allow_guests"`
+}
+
+// Passwords is the password policy and hashing cost.
+type Passwords struct {
+	MinLength     int  `yaml:"min_length"`
+	RequireDigit  bool `yaml:"require_digit"`
+	RequireSymbol bool `yaml:"require_symbol"`
+	RequireLower  bool `yaml:"require_lowercase"`
+	RequireUpper  bool `yaml:"require_uppercase"`
+	BcryptCost    int  `yaml:"bcrypt_cost"`
+}
+
+// Login configures sessions and brute-force protection.
+type Login struct {
+	// AccessTokenLifetime applies to clients that asked for a refresh token.
+	AccessTokenLifetime Duration `yaml:"access_token_lifetime"`
+	// After MaxFailures failed password logins within FailureWindow, the
+	// account refuses logins for LockDuration.
+	MaxFailures   int      `yaml:"max_failures"`
+	FailureWindow Duration `yaml:"failure_window"`
+	LockDuration  Duration `yaml:"lock_duration"`
+}
+
+// JWT configures org.matrix.login.jwt, for an organisation's identity provider.
+type JWT struct {
+	Enabled bool `yaml:"enabled"`
+	// Secret is the HMAC key (HS256/384/512).
+	Secret string `yaml:"secret"`
+	// PublicKey is a PEM public key (RS*, PS*, ES*, EdDSA), inline or a file path.
+	PublicKey string   `yaml:"public_key"`
+	Algorithm string   `yaml:"algorithm"`
+	Issuer    string   `yaml:"issuer"`
+	Audiences []string `yaml:"audiences"`
+	// SubjectClaim holds the user's localpart (or full user ID on this server).
+	SubjectClaim string `yaml:"subject_claim"`
+	// AutoProvision creates the account on its first login.
+	AutoProvision bool `yaml:"auto_provision"`
+}
+
+// RateLimits are token buckets answered with M_LIMIT_EXCEEDED.
+type RateLimits struct {
+	Enabled bool `yaml:"enabled"`
+	// Login and Register are per client IP.
+	Login    Bucket `yaml:"login"`
+	Register Bucket `yaml:"register"`
+	// Writes are per user, on every authenticated POST/PUT/DELETE.
+	Writes Bucket `yaml:"writes"`
+	// ExemptAdmins exempts server admins from the per-user limits.
+	ExemptAdmins bool `yaml:"exempt_admins"`
+	// ExemptUsers lists user IDs (bots, bridges) exempt from per-user limits.
+	ExemptUsers []string `yaml:"exempt_users"`
+}
+
+// Bucket is a token bucket: PerSecond tokens refill, Burst at most.
+type Bucket struct {
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
+}
+
+// UserDirectory controls who appears in user directory searches.
+type UserDirectory struct {
+	// SearchAllUsers includes every local user, not only those sharing a room.
+	SearchAllUsers bool `yaml:"search_all_users"`
+}
+
+// TURN configures VoIP relay credentials (coturn's REST API scheme).
+type TURN struct {
+	URIs         []string `yaml:"uris"`
+	SharedSecret string   `yaml:"shared_secret"`
+	// Lifetime of the credentials handed out.
+	Lifetime Duration `yaml:"lifetime"`
 }
 
 // Log configures the structured logger.
@@ -133,6 +222,23 @@ func Default() Config {
 			ShutdownGrace:     Duration(10 * time.Second),
 			ReadHeaderTimeout: Duration(10 * time.Second),
 		},
+		Registration: Registration{Mode: "disabled"},
+		Passwords:    Passwords{MinLength: 10, BcryptCost: 12},
+		Login: Login{
+			AccessTokenLifetime: Duration(time.Hour),
+			MaxFailures:         10,
+			FailureWindow:       Duration(15 * time.Minute),
+			LockDuration:        Duration(15 * time.Minute),
+		},
+		JWT: JWT{Algorithm: "HS256", SubjectClaim: "sub"},
+		RateLimits: RateLimits{
+			Enabled:      true,
+			Login:        Bucket{PerSecond: 0.2, Burst: 5},
+			Register:     Bucket{PerSecond: 0.1, Burst: 3},
+			Writes:       Bucket{PerSecond: 10, Burst: 50},
+			ExemptAdmins: true,
+		},
+		TURN: TURN{Lifetime: Duration(24 * time.Hour)},
 	}
 }
 
@@ -245,6 +351,59 @@ func (c *Config) Validate() error {
 		if ct.Role == "" {
 			bad(key+".role", "is required (m.role.admin or m.role.security)")
 		}
+	}
+	switch c.Registration.Mode {
+	case "disabled", "open", "token":
+	default:
+		bad("registration.mode", "%q is not one of disabled, open, token", c.Registration.Mode)
+	}
+	if c.Passwords.MinLength < 0 || c.Passwords.MinLength > 1024 {
+		bad("passwords.min_length", "%d is outside 0..1024", c.Passwords.MinLength)
+	}
+	if c.Passwords.BcryptCost < 4 || c.Passwords.BcryptCost > 31 {
+		bad("passwords.bcrypt_cost", "%d is outside 4..31", c.Passwords.BcryptCost)
+	}
+	if c.Login.AccessTokenLifetime < Duration(time.Minute) {
+		bad("login.access_token_lifetime", "must be at least 1m")
+	}
+	if c.Login.MaxFailures < 0 {
+		bad("login.max_failures", "must not be negative (0 disables lockout)")
+	}
+	if c.Login.MaxFailures > 0 && (c.Login.FailureWindow <= 0 || c.Login.LockDuration <= 0) {
+		bad("login.failure_window", "failure_window and lock_duration must be positive when max_failures is set")
+	}
+	if c.JWT.Enabled {
+		switch {
+		case strings.HasPrefix(c.JWT.Algorithm, "HS"):
+			if c.JWT.Secret == "" {
+				bad("jwt.secret", "is required for %s", c.JWT.Algorithm)
+			}
+		case c.JWT.Algorithm == "":
+			bad("jwt.algorithm", "is required")
+		default:
+			if c.JWT.PublicKey == "" {
+				bad("jwt.public_key", "is required for %s", c.JWT.Algorithm)
+			}
+		}
+		if c.JWT.SubjectClaim == "" {
+			bad("jwt.subject_claim", "must not be empty")
+		}
+	}
+	for name, b := range map[string]Bucket{"login": c.RateLimits.Login, "register": c.RateLimits.Register, "writes": c.RateLimits.Writes} {
+		if c.RateLimits.Enabled && (b.PerSecond <= 0 || b.Burst < 1) {
+			bad("rate_limits."+name, "per_second must be positive and burst at least 1")
+		}
+	}
+	for i, u := range c.RateLimits.ExemptUsers {
+		if _, _, err := id.UserID(u).ParseAndValidateRelaxed(); err != nil {
+			bad(fmt.Sprintf("rate_limits.exempt_users[%d]", i), "%q is not a Matrix user ID", u)
+		}
+	}
+	if len(c.TURN.URIs) > 0 && c.TURN.SharedSecret == "" {
+		bad("turn.shared_secret", "is required when turn.uris is set")
+	}
+	if c.TURN.Lifetime <= 0 {
+		bad("turn.lifetime", "must be positive")
 	}
 	return errors.Join(errs...)
 }

@@ -32,7 +32,11 @@ func TestSampleLoadsToDefaults(t *testing.T) {
 		t.Fatalf("sample config does not load: %v", err)
 	}
 	def := config.Default()
-	def.Support.Contacts = []config.Contact{} // the sample writes an explicit empty list
+	// The sample writes explicit empty lists.
+	def.Support.Contacts = []config.Contact{}
+	def.JWT.Audiences = []string{}
+	def.RateLimits.ExemptUsers = []string{}
+	def.TURN.URIs = []string{}
 	if !reflect.DeepEqual(*cfg, def) {
 		t.Fatalf("sample differs from defaults:\nsample:  %+v\ndefault: %+v", *cfg, def)
 	}
@@ -132,7 +136,8 @@ func TestEnvironmentOverridesFile(t *testing.T) {
 
 func TestOperatorContractNames(t *testing.T) {
 	vars := config.EnvVariables()
-	for _, want := range []string{"WEFT_SERVER_NAME", "WEFT_LISTEN", "WEFT_DATABASE_URL", "WEFT_DATA_DIR", "WEFT_LOG_LEVEL"} {
+	for _, want := range []string{"WEFT_SERVER_NAME", "WEFT_LISTEN", "WEFT_DATABASE_URL", "WEFT_DATA_DIR", "WEFT_LOG_LEVEL",
+		"WEFT_REGISTRATION_MODE", "WEFT_REGISTRATION_SHARED_SECRET", "WEFT_RATE_LIMITS_ENABLED"} {
 		if !slices.Contains(vars, want) {
 			t.Errorf("%s missing from %v", want, vars)
 		}
