@@ -7,6 +7,8 @@ import (
 	"net/http"
 
 	"maunium.net/go/mautrix"
+
+	"github.com/weftchat/weft/account"
 )
 
 // statusByErrcode is the HTTP status of each Matrix errcode whose status does
@@ -69,7 +71,13 @@ func matrixError(errcode, msg string) mautrix.RespError {
 func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	var re mautrix.RespError
 	var rep *mautrix.RespError
+	var uia *account.UIAChallenge
 	switch {
+	case errors.As(err, &uia):
+		// User-interactive auth: 401 with flows, params, session, completed,
+		// and errcode/error only when a stage just failed.
+		writeJSON(w, http.StatusUnauthorized, uia)
+		return
 	case errors.As(err, &re):
 	case errors.As(err, &rep):
 		re = *rep

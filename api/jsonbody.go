@@ -17,11 +17,7 @@ import (
 func decodeJSON(r *http.Request, v any) error {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return errTooLarge(tooBig.Limit)
-		}
-		return matrixError("M_BAD_JSON", "Could not read the request body")
+		return bodyReadError(err)
 	}
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(trimmed) {
@@ -35,6 +31,15 @@ func decodeJSON(r *http.Request, v any) error {
 		return matrixError("M_BAD_JSON", "Request body has the wrong shape: "+err.Error())
 	}
 	return nil
+}
+
+// bodyReadError maps a failed body read: over the size limit is M_TOO_LARGE.
+func bodyReadError(err error) error {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return errTooLarge(tooBig.Limit)
+	}
+	return matrixError("M_BAD_JSON", "Could not read the request body")
 }
 
 func errTooLarge(limit int64) error {

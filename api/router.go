@@ -12,6 +12,9 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/weftchat/weft/account"
 )
 
 // HealthChecker reports whether the server can serve (the database answers).
@@ -28,6 +31,12 @@ type Options struct {
 	WellKnownServer string
 	Support         Support
 	MaxBodyBytes    int64
+
+	// Accounts is the account domain: users, devices, tokens, profiles.
+	Accounts         *account.Service
+	RegistrationMode string
+	RateLimits       RateLimits
+	TURN             TURN
 
 	Logger *slog.Logger
 	Health HealthChecker
@@ -52,8 +61,10 @@ type SupportContact struct {
 
 // server carries the handlers' dependencies.
 type server struct {
-	opts Options
-	log  *slog.Logger
+	opts        Options
+	log         *slog.Logger
+	limits      *limiters // nil when rate limits are off
+	exemptUsers map[id.UserID]struct{}
 }
 
 // NewRouter builds the whole HTTP handler.
@@ -61,7 +72,17 @@ func NewRouter(opts Options) http.Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &server{opts: opts, log: opts.Logger}
+	s := &server{opts: opts, log: opts.Logger, exemptUsers: map[id.UserID]struct{}{}}
+	if rl := opts.RateLimits; rl.Enabled {
+		s.limits = &limiters{
+			login:    newRateLimiter(rl.Login.PerSecond, rl.Login.Burst, nil),
+			register: newRateLimiter(rl.Register.PerSecond, rl.Register.Burst, nil),
+			writes:   newRateLimiter(rl.Writes.PerSecond, rl.Writes.Burst, nil),
+		}
+		for _, u := range rl.ExemptUsers {
+			s.exemptUsers[u] = struct{}{}
+		}
+	}
 	r := chi.NewRouter()
 	r.Use(requestID, accessLog(s.log))
 	if opts.Metrics != nil {
@@ -83,6 +104,11 @@ func NewRouter(opts Options) http.Handler {
 	r.Get("/.well-known/matrix/server", s.wellKnownServer)
 	r.Get("/.well-known/matrix/support", s.wellKnownSupport)
 	r.Get("/health", s.health)
+	if opts.Accounts != nil {
+		s.mountClient(r, "/_matrix/client", s.v3Routes())
+		s.mountV1(r)
+		s.mountSynapseAdmin(r)
+	}
 	if opts.Gatherer != nil {
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	}

@@ -77,19 +77,32 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
+	accounts, err := newAccounts(cfg, db, log)
+	if err != nil {
+		return err
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector())
 
 	handler := api.NewRouter(api.Options{
-		ServerName:      cfg.ServerName,
-		BaseURL:         cfg.BaseURL(),
-		WellKnownServer: cfg.WellKnown.Server,
-		Support:         supportDoc(cfg.Support),
-		MaxBodyBytes:    cfg.HTTP.MaxBodyBytes,
-		Logger:          log,
-		Health:          db,
-		Metrics:         reg,
-		Gatherer:        reg,
+		ServerName:       cfg.ServerName,
+		BaseURL:          cfg.BaseURL(),
+		WellKnownServer:  cfg.WellKnown.Server,
+		Support:          supportDoc(cfg.Support),
+		MaxBodyBytes:     cfg.HTTP.MaxBodyBytes,
+		Accounts:         accounts,
+		RegistrationMode: cfg.Registration.Mode,
+		RateLimits:       rateLimits(cfg.RateLimits),
+		TURN: api.TURN{
+			URIs:         cfg.TURN.URIs,
+			SharedSecret: cfg.TURN.SharedSecret,
+			Lifetime:     time.Duration(cfg.TURN.Lifetime),
+		},
+		Logger:   log,
+		Health:   db,
+		Metrics:  reg,
+		Gatherer: reg,
 	})
 
 	ln, err := net.Listen("tcp", cfg.Listen)

@@ -1,0 +1,88 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+)
+
+// clientRoute is one client-server endpoint.
+type clientRoute struct {
+	method, path string
+	handler      http.HandlerFunc
+	auth         bool // needs an access token
+	// r0 marks endpoints that existed in the r0 API: they are also served
+	// under /_matrix/client/r0 for clients still using those paths.
+	r0 bool
+	// ipLimit, when set, is the IP bucket applied before anything else.
+	ipLimit func(*limiters) *rateLimiter
+}
+
+// mountClient registers routes under each API prefix they belong to, from
+// one table, so r0 is an alias and never a copy.
+func (s *server) mountClient(r chi.Router, prefix string, routes []clientRoute) {
+	for _, rt := range routes {
+		h := http.Handler(rt.handler)
+		if rt.auth {
+			h = s.requireAuth(h)
+		}
+		if rt.ipLimit != nil {
+			h = s.limitByIP(rt.ipLimit)(h)
+		}
+		r.Method(rt.method, prefix+"/v3"+rt.path, h)
+		if rt.r0 {
+			r.Method(rt.method, prefix+"/r0"+rt.path, h)
+		}
+	}
+}
+
+func loginLimit(l *limiters) *rateLimiter    { return l.login }
+func registerLimit(l *limiters) *rateLimiter { return l.register }
+
+// v3Routes are the /_matrix/client/v3 (and r0) endpoints.
+func (s *server) v3Routes() []clientRoute {
+	return []clientRoute{
+		{method: "GET", path: "/login", handler: s.loginFlows, r0: true},
+		{method: "POST", path: "/login", handler: s.login, r0: true, ipLimit: loginLimit},
+		{method: "POST", path: "/refresh", handler: s.refresh, ipLimit: loginLimit},
+		{method: "POST", path: "/logout", handler: s.logout, auth: true, r0: true},
+		{method: "POST", path: "/logout/all", handler: s.logoutAll, auth: true, r0: true},
+		{method: "POST", path: "/register", handler: s.register, r0: true, ipLimit: registerLimit},
+		{method: "GET", path: "/register/available", handler: s.registerAvailable, r0: true, ipLimit: registerLimit},
+		{method: "GET", path: "/account/whoami", handler: s.whoami, auth: true, r0: true},
+		{method: "POST", path: "/account/password", handler: s.changePassword, auth: true, r0: true},
+		{method: "POST", path: "/account/deactivate", handler: s.deactivate, auth: true, r0: true},
+		{method: "GET", path: "/account/3pid", handler: s.threePIDs, auth: true, r0: true},
+		{method: "GET", path: "/devices", handler: s.listDevices, auth: true, r0: true},
+		{method: "GET", path: "/devices/{deviceId}", handler: s.getDevice, auth: true, r0: true},
+		{method: "PUT", path: "/devices/{deviceId}", handler: s.putDevice, auth: true, r0: true},
+		{method: "DELETE", path: "/devices/{deviceId}", handler: s.deleteDevice, auth: true, r0: true},
+		{method: "POST", path: "/delete_devices", handler: s.deleteDevices, auth: true, r0: true},
+		{method: "GET", path: "/profile/{userId}", handler: s.getProfile, r0: true},
+		{method: "GET", path: "/profile/{userId}/displayname", handler: s.getDisplayName, r0: true},
+		{method: "PUT", path: "/profile/{userId}/displayname", handler: s.putDisplayName, auth: true, r0: true},
+		{method: "GET", path: "/profile/{userId}/avatar_url", handler: s.getAvatarURL, r0: true},
+		{method: "PUT", path: "/profile/{userId}/avatar_url", handler: s.putAvatarURL, auth: true, r0: true},
+		{method: "GET", path: "/user/{userId}/account_data/{type}", handler: s.getAccountData, auth: true, r0: true},
+		{method: "PUT", path: "/user/{userId}/account_data/{type}", handler: s.putAccountData, auth: true, r0: true},
+		{method: "GET", path: "/user/{userId}/rooms/{roomId}/account_data/{type}", handler: s.getAccountData, auth: true, r0: true},
+		{method: "PUT", path: "/user/{userId}/rooms/{roomId}/account_data/{type}", handler: s.putAccountData, auth: true, r0: true},
+		{method: "POST", path: "/user/{userId}/filter", handler: s.createFilter, auth: true, r0: true},
+		{method: "GET", path: "/user/{userId}/filter/{filterId}", handler: s.getFilter, auth: true, r0: true},
+		{method: "GET", path: "/capabilities", handler: s.capabilities, auth: true, r0: true},
+		{method: "POST", path: "/user_directory/search", handler: s.searchUsers, auth: true, r0: true},
+		{method: "GET", path: "/voip/turnServer", handler: s.turnServer, auth: true, r0: true},
+	}
+}
+
+// mountV1 registers the /_matrix/client/v1 endpoints.
+func (s *server) mountV1(r chi.Router) {
+	r.With(s.limitByIP(registerLimit)).Get("/_matrix/client/v1/register/m.login.registration_token/validity", s.registrationTokenValidity)
+}
+
+// mountSynapseAdmin registers the Synapse-compatible admin endpoints that
+// operators' scripts rely on.
+func (s *server) mountSynapseAdmin(r chi.Router) {
+	r.With(s.limitByIP(registerLimit)).Get("/_synapse/admin/v1/register", s.sharedSecretNonce)
+	r.With(s.limitByIP(registerLimit)).Post("/_synapse/admin/v1/register", s.sharedSecretRegister)
+}
