@@ -64,7 +64,7 @@ CREATE TABLE account_data (
     user_id    text NOT NULL REFERENCES users ON DELETE CASCADE,
     room_id    text NOT NULL DEFAULT '',
     type       text NOT NULL,
-    content    jsonb NOT NULL,
+    content    json NOT NULL,              -- json, not jsonb: kept byte for byte, and \u0000 is legal JSON
     stream_pos bigint NOT NULL,
     PRIMARY KEY (user_id, room_id, type)
 );
@@ -73,7 +73,7 @@ CREATE INDEX account_data_stream ON account_data (user_id, stream_pos);
 CREATE TABLE filters (
     user_id   text NOT NULL REFERENCES users ON DELETE CASCADE,
     filter_id bigserial,
-    filter    jsonb NOT NULL,
+    filter    json NOT NULL,
     PRIMARY KEY (user_id, filter_id)
 );
 
