@@ -142,3 +142,15 @@ func (s *Service) userByID(ctx context.Context, userID id.UserID) (*User, error)
 	}
 	return u, nil
 }
+
+// SetAdmin grants or revokes server admin (the CLI's set-admin).
+func (s *Service) SetAdmin(ctx context.Context, userID id.UserID, admin bool) error {
+	if _, err := s.userByID(ctx, userID); err != nil {
+		return err
+	}
+	if err := s.store.SetAdmin(ctx, userID, admin); err != nil {
+		return fmt.Errorf("setting admin: %w", err)
+	}
+	s.cache.dropUser(userID)
+	return nil
+}

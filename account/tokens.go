@@ -133,7 +133,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Requester, e
 	}
 	hash := hashToken(token)
 	key := string(hash)
-	info, ok := s.cache.get(key)
+	info, ok := s.cache.get(key, s.now())
 	if !ok {
 		gen := s.cache.generation()
 		ti, err := s.store.AccessToken(ctx, hash)
@@ -146,7 +146,7 @@ func (s *Service) Authenticate(ctx context.Context, token string) (*Requester, e
 		info = *ti
 		// Only cache if no invalidation ran while we were reading: else we
 		// might cache a token that was deleted after our read.
-		s.cache.putIfGeneration(key, info, gen)
+		s.cache.putIfGeneration(key, info, gen, s.now())
 	}
 	if info.Deactivated {
 		return nil, errUnknownToken(false)
@@ -192,12 +192,15 @@ func (s *Service) Refresh(ctx context.Context, refreshToken string) (*Credential
 // deletes tokens (logout, device deletion, password change, deactivation,
 // refresh) drops the matching entries after its transaction commits, and
 // bumps gen so that a lookup racing with the deletion does not re-insert a
-// dead token. Across several processes this will need LISTEN/NOTIFY; today
-// one process owns the cache.
+// dead token. Changes made by another process (the operator CLI, later
+// other workers) are not seen by this one, so an entry is trusted for at
+// most tokenCacheTTL before it is read again: that bounds how long a token
+// revoked elsewhere keeps working. (LISTEN/NOTIFY can make that immediate
+// when Weft runs as several processes.)
 type tokenCache struct {
 	mu     sync.Mutex
 	gen    uint64
-	byHash map[string]TokenInfo
+	byHash map[string]cachedToken
 	byUser map[id.UserID]map[string]struct{}
 	// touched is when each device's last-seen time was last written.
 	touched map[deviceKey]time.Time
@@ -224,18 +227,29 @@ func (c *tokenCache) shouldTouch(user id.UserID, device id.DeviceID, now time.Ti
 	return true
 }
 
+type cachedToken struct {
+	TokenInfo
+	at time.Time
+}
+
+// tokenCacheTTL is how long a cached token is trusted without re-reading it.
+const tokenCacheTTL = 30 * time.Second
+
 // maxCachedTokens bounds memory; past it the cache is emptied and refills.
 const maxCachedTokens = 200_000
 
 func newTokenCache() *tokenCache {
-	return &tokenCache{byHash: map[string]TokenInfo{}, byUser: map[id.UserID]map[string]struct{}{}, touched: map[deviceKey]time.Time{}}
+	return &tokenCache{byHash: map[string]cachedToken{}, byUser: map[id.UserID]map[string]struct{}{}, touched: map[deviceKey]time.Time{}}
 }
 
-func (c *tokenCache) get(key string) (TokenInfo, bool) {
+func (c *tokenCache) get(key string, now time.Time) (TokenInfo, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ti, ok := c.byHash[key]
-	return ti, ok
+	ct, ok := c.byHash[key]
+	if !ok || now.Sub(ct.at) > tokenCacheTTL {
+		return TokenInfo{}, false
+	}
+	return ct.TokenInfo, true
 }
 
 func (c *tokenCache) generation() uint64 {
@@ -244,17 +258,17 @@ func (c *tokenCache) generation() uint64 {
 	return c.gen
 }
 
-func (c *tokenCache) putIfGeneration(key string, ti TokenInfo, gen uint64) {
+func (c *tokenCache) putIfGeneration(key string, ti TokenInfo, gen uint64, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen != gen {
 		return
 	}
 	if len(c.byHash) >= maxCachedTokens {
-		c.byHash = map[string]TokenInfo{}
+		c.byHash = map[string]cachedToken{}
 		c.byUser = map[id.UserID]map[string]struct{}{}
 	}
-	c.byHash[key] = ti
+	c.byHash[key] = cachedToken{TokenInfo: ti, at: now}
 	set := c.byUser[ti.UserID]
 	if set == nil {
 		set = map[string]struct{}{}
@@ -266,9 +280,9 @@ func (c *tokenCache) putIfGeneration(key string, ti TokenInfo, gen uint64) {
 func (c *tokenCache) clearRefreshParent(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if ti, ok := c.byHash[key]; ok {
-		ti.RefreshParentID = 0
-		c.byHash[key] = ti
+	if ct, ok := c.byHash[key]; ok {
+		ct.RefreshParentID = 0
+		c.byHash[key] = ct
 	}
 }
 

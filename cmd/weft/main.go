@@ -20,6 +20,8 @@ const usage = `weft: a Matrix homeserver
 
 Usage:
   weft serve [-c weft.yaml]   run the server (no config: embedded PostgreSQL, localhost)
+  weft user ...               create, list, deactivate accounts; reset passwords; set admins
+  weft registration-token create   issue a registration token (registration.mode: token)
   weft generate-config        print a commented configuration to start from
   weft version                print the version
 
@@ -42,6 +44,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "serve":
 		if err := serve(ctx, args[1:], stderr); err != nil {
 			// One line: operators read it in a journal or a container log.
+			fmt.Fprintln(stderr, "weft: "+strings.ReplaceAll(err.Error(), "\n", "; "))
+			return 1
+		}
+		return 0
+	case "user", "registration-token":
+		if err := userCommand(ctx, args[0], args[1:], os.Stdin, stdout, stderr); err != nil {
 			fmt.Fprintln(stderr, "weft: "+strings.ReplaceAll(err.Error(), "\n", "; "))
 			return 1
 		}

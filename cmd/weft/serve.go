@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -20,8 +19,6 @@ import (
 
 	"github.com/weftchat/weft/api"
 	"github.com/weftchat/weft/internal/config"
-	"github.com/weftchat/weft/storage"
-	"github.com/weftchat/weft/storage/pgserver"
 )
 
 // serve runs the homeserver until SIGINT or SIGTERM, then shuts down in
@@ -42,40 +39,11 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return fmt.Errorf("creating data_dir %s: %w", cfg.DataDir, err)
-	}
-
-	dbURL := cfg.Database.URL
-	if dbURL == "" {
-		pg, err := pgserver.Start(ctx, pgserver.Options{
-			Dir:     filepath.Join(cfg.DataDir, "postgres"),
-			BinDir:  cfg.Database.Embedded.BinDir,
-			RunAs:   cfg.Database.Embedded.RunAs,
-			Durable: true,
-			Logger:  log,
-		})
-		if err != nil {
-			return fmt.Errorf("embedded PostgreSQL: %w", err)
-		}
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := pg.Stop(sctx); err != nil {
-				log.Error("stopping embedded PostgreSQL", "err", err)
-			}
-		}()
-		dbURL = pg.URL()
-	}
-
-	db, err := storage.Open(ctx, dbURL, storage.Options{MaxConns: int32(cfg.Database.MaxConns), Logger: log})
+	db, closeDB, err := openDatabase(ctx, cfg, log, false)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	if err := db.ClaimServerName(ctx, cfg.ServerName); err != nil {
-		return err
-	}
+	defer closeDB()
 
 	accounts, err := newAccounts(cfg, db, log)
 	if err != nil {

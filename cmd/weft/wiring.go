@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"maunium.net/go/mautrix/id"
@@ -10,6 +14,7 @@ import (
 	"github.com/weftchat/weft/api"
 	"github.com/weftchat/weft/internal/config"
 	"github.com/weftchat/weft/storage"
+	"github.com/weftchat/weft/storage/pgserver"
 )
 
 // reservedLocalparts are never handed out by registration: names users would
@@ -71,4 +76,52 @@ func rateLimits(c config.RateLimits) api.RateLimits {
 		rl.ExemptUsers = append(rl.ExemptUsers, id.UserID(u))
 	}
 	return rl
+}
+
+// openDatabase opens storage: database.url, or the embedded cluster under
+// data_dir (attaching to a running one when attach is set, as operator
+// commands do beside a live server). It migrates and checks the server
+// name. The returned func closes the pool and stops a cluster it started.
+func openDatabase(ctx context.Context, cfg *config.Config, log *slog.Logger, attach bool) (*storage.DB, func(), error) {
+	var pg *pgserver.Server
+	stopPG := func() {
+		if pg == nil {
+			return
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := pg.Stop(sctx); err != nil {
+			log.Error("stopping embedded PostgreSQL", "err", err)
+		}
+	}
+	dbURL := cfg.Database.URL
+	if dbURL == "" {
+		if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+			return nil, nil, fmt.Errorf("creating data_dir %s: %w", cfg.DataDir, err)
+		}
+		var err error
+		pg, err = pgserver.Start(ctx, pgserver.Options{
+			Dir:     filepath.Join(cfg.DataDir, "postgres"),
+			BinDir:  cfg.Database.Embedded.BinDir,
+			RunAs:   cfg.Database.Embedded.RunAs,
+			Durable: true,
+			Attach:  attach,
+			Logger:  log,
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("embedded PostgreSQL: %w", err)
+		}
+		dbURL = pg.URL()
+	}
+	db, err := storage.Open(ctx, dbURL, storage.Options{MaxConns: int32(cfg.Database.MaxConns), Logger: log})
+	if err != nil {
+		stopPG()
+		return nil, nil, err
+	}
+	if err := db.ClaimServerName(ctx, cfg.ServerName); err != nil {
+		db.Close()
+		stopPG()
+		return nil, nil, err
+	}
+	return db, func() { db.Close(); stopPG() }, nil
 }

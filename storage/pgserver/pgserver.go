@@ -42,6 +42,10 @@ type Options struct {
 	// Durable false turns off fsync and synchronous_commit: only for tests,
 	// where a crash loses nothing anybody wants.
 	Durable bool
+	// Attach, when a postgres is already running on Dir (a serving Weft's),
+	// connects to it instead of waiting for it to stop; Stop then leaves it
+	// running. Operator commands use this next to a live server.
+	Attach bool
 	Logger  *slog.Logger
 }
 
@@ -132,6 +136,10 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	}
 	if err := s.prepareSocketDir(cred); err != nil {
 		return nil, err
+	}
+	if opts.Attach && s.alive(ctx) {
+		close(s.exited)
+		return s, s.ensureDatabase(ctx)
 	}
 	if err := s.waitForOldPostmaster(ctx); err != nil {
 		return nil, err
@@ -253,6 +261,20 @@ func (s *Server) waitForOldPostmaster(ctx context.Context) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// alive reports whether a running postmaster answers on the socket.
+func (s *Server) alive(ctx context.Context) bool {
+	pid := postmasterPID(s.opts.Dir)
+	if pid <= 0 || syscall.Kill(pid, 0) == syscall.ESRCH {
+		return false
+	}
+	conn, err := pgx.Connect(ctx, s.urlFor("postgres"))
+	if err != nil {
+		return false
+	}
+	conn.Close(ctx)
+	return true
 }
 
 // postmasterPID reads the first line of postmaster.pid (0 if absent).
