@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/account"
@@ -103,7 +102,7 @@ func (s *server) listDevices(w http.ResponseWriter, r *http.Request) {
 
 // GET /_matrix/client/v3/devices/{deviceId}
 func (s *server) getDevice(w http.ResponseWriter, r *http.Request) {
-	d, err := s.opts.Accounts.Device(r.Context(), requester(r).UserID, id.DeviceID(chi.URLParam(r, "deviceId")))
+	d, err := s.opts.Accounts.Device(r.Context(), requester(r).UserID, id.DeviceID(pathParam(r, "deviceId")))
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return
@@ -121,7 +120,7 @@ func (s *server) putDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	me := requester(r)
-	dev := id.DeviceID(chi.URLParam(r, "deviceId"))
+	dev := id.DeviceID(pathParam(r, "deviceId"))
 	var err error
 	if req.DisplayName != nil {
 		err = s.opts.Accounts.RenameDevice(r.Context(), me.UserID, dev, *req.DisplayName)
@@ -148,7 +147,7 @@ func (s *server) deleteDevice(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	me := requester(r)
-	dev := id.DeviceID(chi.URLParam(r, "deviceId"))
+	dev := id.DeviceID(pathParam(r, "deviceId"))
 	if _, err := s.opts.Accounts.Device(r.Context(), me.UserID, dev); err != nil {
 		writeError(w, r, s.log, err)
 		return

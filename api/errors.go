@@ -81,6 +81,8 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	case errors.As(err, &re):
 	case errors.As(err, &rep):
 		re = *rep
+	case hasNULText(err):
+		re = matrixError("M_INVALID_PARAM", "Strings may not contain the NUL character (U+0000)")
 	default:
 		log.ErrorContext(r.Context(), "internal error", "request_id", RequestID(r.Context()),
 			"method", r.Method, "path", r.URL.Path, "err", err)
@@ -103,4 +105,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
+}
+
+// hasNULText reports whether err is PostgreSQL refusing a U+0000 in a text
+// value (SQLSTATE 22021): the client sent "\u0000" in a string that is
+// stored or looked up as text, which is their error, not an outage.
+func hasNULText(err error) bool {
+	var pg interface{ SQLState() string }
+	return errors.As(err, &pg) && pg.SQLState() == "22021"
 }

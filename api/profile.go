@@ -4,12 +4,25 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/url"
 
 	"github.com/go-chi/chi/v5"
 	"maunium.net/go/mautrix/id"
 )
 
-func pathUser(r *http.Request) id.UserID { return id.UserID(chi.URLParam(r, "userId")) }
+func pathUser(r *http.Request) id.UserID { return id.UserID(pathParam(r, "userId")) }
+
+// pathParam is a path parameter, percent-decoded. chi matches on the raw
+// path whenever the client escaped it differently from Go's default (as
+// encodeURIComponent does with "@alice%3Aexample.org"), and then hands out
+// parameters still escaped.
+func pathParam(r *http.Request, key string) string {
+	v := chi.URLParam(r, key)
+	if u, err := url.PathUnescape(v); err == nil {
+		return u
+	}
+	return v
+}
 
 // GET /_matrix/client/v3/profile/{userId}
 func (s *server) getProfile(w http.ResponseWriter, r *http.Request) {
@@ -97,7 +110,7 @@ func (s *server) putAvatarURL(w http.ResponseWriter, r *http.Request) {
 
 // GET /_matrix/client/v3/user/{userId}[/rooms/{roomId}]/account_data/{type}
 func (s *server) getAccountData(w http.ResponseWriter, r *http.Request) {
-	c, err := s.opts.Accounts.AccountData(r.Context(), requester(r), pathUser(r), id.RoomID(chi.URLParam(r, "roomId")), chi.URLParam(r, "type"))
+	c, err := s.opts.Accounts.AccountData(r.Context(), requester(r), pathUser(r), id.RoomID(pathParam(r, "roomId")), pathParam(r, "type"))
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return
@@ -118,7 +131,7 @@ func (s *server) putAccountData(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, err)
 		return
 	}
-	if err := s.opts.Accounts.SetAccountData(r.Context(), requester(r), pathUser(r), id.RoomID(chi.URLParam(r, "roomId")), chi.URLParam(r, "type"), raw); err != nil {
+	if err := s.opts.Accounts.SetAccountData(r.Context(), requester(r), pathUser(r), id.RoomID(pathParam(r, "roomId")), pathParam(r, "type"), raw); err != nil {
 		writeError(w, r, s.log, err)
 		return
 	}
@@ -142,7 +155,7 @@ func (s *server) createFilter(w http.ResponseWriter, r *http.Request) {
 
 // GET /_matrix/client/v3/user/{userId}/filter/{filterId}
 func (s *server) getFilter(w http.ResponseWriter, r *http.Request) {
-	f, err := s.opts.Accounts.Filter(r.Context(), requester(r), pathUser(r), chi.URLParam(r, "filterId"))
+	f, err := s.opts.Accounts.Filter(r.Context(), requester(r), pathUser(r), pathParam(r, "filterId"))
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return

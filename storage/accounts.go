@@ -77,12 +77,12 @@ func (a *Accounts) CreateUser(ctx context.Context, u account.User, displayName s
 	})
 }
 
-// createSession upserts the device and inserts the tokens.
+// createSession upserts the device and inserts the tokens. A known device
+// keeps its display name: the spec ignores initial_device_display_name then.
 func createSession(ctx context.Context, tx pgx.Tx, userID id.UserID, s account.NewSession) error {
 	_, err := tx.Exec(ctx, `INSERT INTO devices (user_id, device_id, display_name, last_seen_at, last_seen_ip)
 		VALUES ($1, $2, $3, now(), nullif($4, ''))
 		ON CONFLICT (user_id, device_id) DO UPDATE SET
-			display_name = coalesce(EXCLUDED.display_name, devices.display_name),
 			last_seen_at = now(), last_seen_ip = coalesce(EXCLUDED.last_seen_ip, devices.last_seen_ip)`,
 		userID, s.DeviceID, s.DisplayName, s.RemoteIP)
 	if err != nil {
@@ -368,7 +368,7 @@ func (a *Accounts) SearchUsers(ctx context.Context, searcher id.UserID, term str
 		WHERE NOT u.deactivated AND NOT u.is_guest
 		  AND (lower(u.user_id) LIKE $1 OR lower(p.displayname) LIKE $1)
 		  AND ($2 OR u.user_id = $3)
-		ORDER BY (lower(p.displayname) LIKE $4 OR lower(u.localpart) LIKE $4) DESC, u.user_id
+		ORDER BY (coalesce(lower(p.displayname) LIKE $4, false) OR lower(u.localpart) LIKE $4) DESC, u.user_id
 		LIMIT $5`, pattern, all, searcher, escapeLike(strings.ToLower(term))+"%", limit+1)
 	if err != nil {
 		return nil, false, err

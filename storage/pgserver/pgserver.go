@@ -46,7 +46,7 @@ type Options struct {
 	// connects to it instead of waiting for it to stop; Stop then leaves it
 	// running. Operator commands use this next to a live server.
 	Attach bool
-	Logger  *slog.Logger
+	Logger *slog.Logger
 }
 
 // Server is a running cluster.
