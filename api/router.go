@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/account"
+	"github.com/weftchat/weft/room"
 )
 
 // HealthChecker reports whether the server can serve (the database answers).
@@ -33,7 +34,9 @@ type Options struct {
 	MaxBodyBytes    int64
 
 	// Accounts is the account domain: users, devices, tokens, profiles.
-	Accounts         *account.Service
+	Accounts *account.Service
+	// Rooms is the room domain; nil leaves the room endpoints out.
+	Rooms            *room.Service
 	RegistrationMode string
 	RateLimits       RateLimits
 	TURN             TURN

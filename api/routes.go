@@ -41,7 +41,7 @@ func registerLimit(l *limiters) *rateLimiter { return l.register }
 
 // v3Routes are the /_matrix/client/v3 (and r0) endpoints.
 func (s *server) v3Routes() []clientRoute {
-	return []clientRoute{
+	routes := []clientRoute{
 		{method: "GET", path: "/login", handler: s.loginFlows, r0: true},
 		{method: "POST", path: "/login", handler: s.login, r0: true, ipLimit: loginLimit},
 		{method: "POST", path: "/refresh", handler: s.refresh, ipLimit: loginLimit},
@@ -73,6 +73,10 @@ func (s *server) v3Routes() []clientRoute {
 		{method: "POST", path: "/user_directory/search", handler: s.searchUsers, auth: true, r0: true},
 		{method: "GET", path: "/voip/turnServer", handler: s.turnServer, auth: true, r0: true},
 	}
+	if s.opts.Rooms != nil {
+		routes = append(routes, s.roomRoutes()...)
+	}
+	return routes
 }
 
 // mountV1 registers the /_matrix/client/v1 endpoints.
@@ -85,4 +89,34 @@ func (s *server) mountV1(r chi.Router) {
 func (s *server) mountSynapseAdmin(r chi.Router) {
 	r.With(s.limitByIP(registerLimit)).Get("/_synapse/admin/v1/register", s.sharedSecretNonce)
 	r.With(s.limitByIP(registerLimit)).Post("/_synapse/admin/v1/register", s.sharedSecretRegister)
+}
+
+// roomRoutes are the room endpoints.
+func (s *server) roomRoutes() []clientRoute {
+	return []clientRoute{
+		{method: "POST", path: "/createRoom", handler: s.createRoom, auth: true, r0: true},
+		{method: "PUT", path: "/rooms/{roomId}/send/{eventType}/{txnId}", handler: s.sendEvent, auth: true, r0: true},
+		{method: "PUT", path: "/rooms/{roomId}/state/{eventType}", handler: s.putState, auth: true, r0: true},
+		{method: "PUT", path: "/rooms/{roomId}/state/{eventType}/{stateKey}", handler: s.putState, auth: true, r0: true},
+		{method: "GET", path: "/rooms/{roomId}/state/{eventType}", handler: s.getState, auth: true, r0: true},
+		{method: "GET", path: "/rooms/{roomId}/state/{eventType}/{stateKey}", handler: s.getState, auth: true, r0: true},
+		// An empty state key is often sent as a trailing slash.
+		{method: "PUT", path: "/rooms/{roomId}/state/{eventType}/", handler: s.putState, auth: true, r0: true},
+		{method: "GET", path: "/rooms/{roomId}/state/{eventType}/", handler: s.getState, auth: true, r0: true},
+		{method: "GET", path: "/rooms/{roomId}/state", handler: s.getAllState, auth: true, r0: true},
+		{method: "POST", path: "/rooms/{roomId}/join", handler: s.membershipHandler("join"), auth: true, r0: true},
+		{method: "POST", path: "/join/{roomIdOrAlias}", handler: s.membershipHandler("join"), auth: true, r0: true},
+		{method: "POST", path: "/knock/{roomIdOrAlias}", handler: s.membershipHandler("knock"), auth: true},
+		{method: "POST", path: "/rooms/{roomId}/leave", handler: s.membershipHandler("leave"), auth: true, r0: true},
+		{method: "POST", path: "/rooms/{roomId}/invite", handler: s.membershipHandler("invite"), auth: true, r0: true},
+		{method: "POST", path: "/rooms/{roomId}/kick", handler: s.membershipHandler("kick"), auth: true, r0: true},
+		{method: "POST", path: "/rooms/{roomId}/ban", handler: s.membershipHandler("ban"), auth: true, r0: true},
+		{method: "POST", path: "/rooms/{roomId}/unban", handler: s.membershipHandler("unban"), auth: true, r0: true},
+		{method: "GET", path: "/rooms/{roomId}/messages", handler: s.messages, auth: true, r0: true},
+		{method: "GET", path: "/rooms/{roomId}/event/{eventId}", handler: s.getEvent, auth: true, r0: true},
+		{method: "GET", path: "/rooms/{roomId}/members", handler: s.members, auth: true, r0: true},
+		{method: "GET", path: "/rooms/{roomId}/joined_members", handler: s.joinedMembers, auth: true, r0: true},
+		{method: "GET", path: "/joined_rooms", handler: s.joinedRooms, auth: true, r0: true},
+		{method: "PUT", path: "/rooms/{roomId}/redact/{eventId}/{txnId}", handler: s.redact, auth: true, r0: true},
+	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/weftchat/weft/api"
 	"github.com/weftchat/weft/internal/config"
+	"github.com/weftchat/weft/room"
 )
 
 // serve runs the homeserver until SIGINT or SIGTERM, then shuts down in
@@ -50,6 +51,12 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
+	signer, err := loadOrCreateSigningKey(cfg)
+	if err != nil {
+		return err
+	}
+	rooms := room.New(room.Config{Signer: signer}, db.Rooms(), profileSource{accounts}, log)
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector())
 
@@ -60,6 +67,7 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 		Support:          supportDoc(cfg.Support),
 		MaxBodyBytes:     cfg.HTTP.MaxBodyBytes,
 		Accounts:         accounts,
+		Rooms:            rooms,
 		RegistrationMode: cfg.Registration.Mode,
 		RateLimits:       rateLimits(cfg.RateLimits),
 		TURN: api.TURN{

@@ -125,3 +125,17 @@ func openDatabase(ctx context.Context, cfg *config.Config, log *slog.Logger, att
 	}
 	return db, func() { db.Close(); stopPG() }, nil
 }
+
+// profileSource gives the room domain the profile copied into member events.
+type profileSource struct{ accounts *account.Service }
+
+func (p profileSource) MemberProfile(ctx context.Context, userID id.UserID) (string, string, error) {
+	if userID.Homeserver() != p.accounts.ServerName() {
+		return "", "", nil // remote profiles come with federation
+	}
+	prof, err := p.accounts.Profile(ctx, userID)
+	if err != nil {
+		return "", "", err // unknown local users cannot be invited
+	}
+	return prof.DisplayName, prof.AvatarURL, nil
+}

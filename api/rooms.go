@@ -1,0 +1,261 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+
+	"maunium.net/go/mautrix/id"
+
+	"github.com/weftchat/weft/room"
+)
+
+func pathRoom(r *http.Request) id.RoomID { return id.RoomID(pathParam(r, "roomId")) }
+
+// POST /_matrix/client/v3/createRoom
+func (s *server) createRoom(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Preset                    string                     `json:"preset"`
+		Visibility                string                     `json:"visibility"`
+		RoomAliasName             string                     `json:"room_alias_name"`
+		Name                      string                     `json:"name"`
+		Topic                     *string                    `json:"topic"`
+		Invite                    []id.UserID                `json:"invite"`
+		IsDirect                  bool                       `json:"is_direct"`
+		InitialState              []room.StateEvent          `json:"initial_state"`
+		CreationContent           map[string]json.RawMessage `json:"creation_content"`
+		PowerLevelContentOverride map[string]json.RawMessage `json:"power_level_content_override"`
+		RoomVersion               id.RoomVersion             `json:"room_version"`
+	}
+	if err := decodeJSON(r, &req); err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	roomID, err := s.opts.Rooms.Create(r.Context(), room.CreateParams{
+		Creator: requester(r).UserID, Preset: req.Preset, Visibility: req.Visibility,
+		RoomAliasName: req.RoomAliasName, Name: req.Name, Topic: req.Topic, Invite: req.Invite,
+		IsDirect: req.IsDirect, InitialState: req.InitialState, CreationContent: req.CreationContent,
+		PowerLevelContentOverride: req.PowerLevelContentOverride, RoomVersion: req.RoomVersion,
+	})
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]id.RoomID{"room_id": roomID})
+}
+
+// readContent reads an event content body: a JSON object.
+func readContent(r *http.Request) (json.RawMessage, error) {
+	var c map[string]json.RawMessage
+	if err := decodeJSON(r, &c); err != nil {
+		return nil, err
+	}
+	return json.Marshal(c)
+}
+
+// PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}
+func (s *server) sendEvent(w http.ResponseWriter, r *http.Request) {
+	content, err := readContent(r)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	me := requester(r)
+	eventID, err := s.opts.Rooms.Send(r.Context(), room.SendParams{
+		Sender: me.UserID, Device: me.DeviceID, RoomID: pathRoom(r),
+		Type: pathParam(r, "eventType"), TxnID: pathParam(r, "txnId"), Content: content,
+	})
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]id.EventID{"event_id": eventID})
+}
+
+// PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}[/{stateKey}]
+func (s *server) putState(w http.ResponseWriter, r *http.Request) {
+	content, err := readContent(r)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	eventID, err := s.opts.Rooms.SetState(r.Context(), requester(r).UserID, pathRoom(r), pathParam(r, "eventType"), pathParam(r, "stateKey"), content)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]id.EventID{"event_id": eventID})
+}
+
+// GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}[/{stateKey}]: the
+// content, or the whole event with ?format=event.
+func (s *server) getState(w http.ResponseWriter, r *http.Request) {
+	ev, err := s.opts.Rooms.StateEvent(r.Context(), requester(r).UserID, pathRoom(r), pathParam(r, "eventType"), pathParam(r, "stateKey"))
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	if r.URL.Query().Get("format") == "event" {
+		writeJSON(w, http.StatusOK, ev)
+		return
+	}
+	writeJSON(w, http.StatusOK, ev.Content)
+}
+
+// GET /_matrix/client/v3/rooms/{roomId}/state
+func (s *server) getAllState(w http.ResponseWriter, r *http.Request) {
+	evs, err := s.opts.Rooms.State(r.Context(), requester(r).UserID, pathRoom(r))
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, evs)
+}
+
+type membershipBody struct {
+	UserID id.UserID `json:"user_id"`
+	Reason string    `json:"reason"`
+}
+
+// membershipHandler serves the membership endpoints, which share a body shape.
+func (s *server) membershipHandler(action string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var body membershipBody
+		if r.ContentLength != 0 {
+			if err := decodeJSON(r, &body); err != nil {
+				writeError(w, r, s.log, err)
+				return
+			}
+		}
+		me := requester(r).UserID
+		roomArg := pathParam(r, "roomId")
+		if roomArg == "" {
+			roomArg = pathParam(r, "roomIdOrAlias")
+		}
+		roomID, err := s.opts.Rooms.ResolveRoom(r.Context(), roomArg)
+		if err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+		p := room.MembershipParams{Sender: me, RoomID: roomID, Target: body.UserID, Reason: body.Reason}
+		needsTarget := action == "invite" || action == "kick" || action == "ban" || action == "unban"
+		if needsTarget && body.UserID == "" {
+			writeError(w, r, s.log, matrixError("M_MISSING_PARAM", "user_id is required"))
+			return
+		}
+		switch action {
+		case "join":
+			err = s.opts.Rooms.Join(r.Context(), p)
+		case "leave":
+			err = s.opts.Rooms.Leave(r.Context(), p)
+		case "invite":
+			err = s.opts.Rooms.Invite(r.Context(), p)
+		case "kick":
+			err = s.opts.Rooms.Kick(r.Context(), p)
+		case "ban":
+			err = s.opts.Rooms.Ban(r.Context(), p)
+		case "unban":
+			err = s.opts.Rooms.Unban(r.Context(), p)
+		case "knock":
+			err = s.opts.Rooms.Knock(r.Context(), p)
+		}
+		if err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+		if action == "join" || action == "knock" {
+			writeJSON(w, http.StatusOK, map[string]id.RoomID{"room_id": roomID})
+			return
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+	}
+}
+
+// GET /_matrix/client/v3/rooms/{roomId}/messages
+func (s *server) messages(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	dir := q.Get("dir")
+	if dir != "b" && dir != "f" {
+		writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "dir must be b or f"))
+		return
+	}
+	limit := 10
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 0 {
+			writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "limit must be a non-negative integer"))
+			return
+		}
+		limit = n
+	}
+	res, err := s.opts.Rooms.Messages(r.Context(), room.MessagesParams{
+		User: requester(r).UserID, RoomID: pathRoom(r), From: q.Get("from"), To: q.Get("to"),
+		Backward: dir == "b", Limit: limit,
+	})
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}
+func (s *server) getEvent(w http.ResponseWriter, r *http.Request) {
+	ev, err := s.opts.Rooms.Event(r.Context(), requester(r).UserID, pathRoom(r), id.EventID(pathParam(r, "eventId")))
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ev)
+}
+
+// GET /_matrix/client/v3/rooms/{roomId}/members
+func (s *server) members(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	evs, err := s.opts.Rooms.Members(r.Context(), requester(r).UserID, pathRoom(r), q.Get("membership"), q.Get("not_membership"))
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"chunk": evs})
+}
+
+// GET /_matrix/client/v3/rooms/{roomId}/joined_members
+func (s *server) joinedMembers(w http.ResponseWriter, r *http.Request) {
+	m, err := s.opts.Rooms.JoinedMembers(r.Context(), requester(r).UserID, pathRoom(r))
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"joined": m})
+}
+
+// GET /_matrix/client/v3/joined_rooms
+func (s *server) joinedRooms(w http.ResponseWriter, r *http.Request) {
+	rooms, err := s.opts.Rooms.JoinedRooms(r.Context(), requester(r).UserID)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"joined_rooms": rooms})
+}
+
+// PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
+func (s *server) redact(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if r.ContentLength != 0 {
+		if err := decodeJSON(r, &body); err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+	}
+	me := requester(r)
+	eventID, err := s.opts.Rooms.Redact(r.Context(), me.UserID, me.DeviceID, pathRoom(r), id.EventID(pathParam(r, "eventId")), pathParam(r, "txnId"), body.Reason)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]id.EventID{"event_id": eventID})
+}

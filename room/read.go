@@ -1,0 +1,403 @@
+package room
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/tidwall/gjson"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+)
+
+// ClientEvent is an event in the client-server format.
+type ClientEvent struct {
+	Content        json.RawMessage `json:"content"`
+	EventID        id.EventID      `json:"event_id"`
+	OriginServerTS int64           `json:"origin_server_ts"`
+	RoomID         id.RoomID       `json:"room_id"`
+	Sender         id.UserID       `json:"sender"`
+	StateKey       *string         `json:"state_key,omitempty"`
+	Type           string          `json:"type"`
+	Redacts        id.EventID      `json:"redacts,omitempty"`
+	Unsigned       map[string]any  `json:"unsigned,omitempty"`
+}
+
+// ToClient formats a stored event for clients. Redacted events are shown as
+// the room version's redaction algorithm leaves them.
+func (s *Service) ToClient(e *Event) ClientEvent {
+	p := e.PDU
+	content := json.RawMessage(p.Content)
+	unsigned := map[string]any{"age": max(s.now().UnixMilli()-p.OriginServerTS, 0)}
+	if e.RedactedBy != "" {
+		content = json.RawMessage(p.Clone().Redact(e.RoomVersion).Content)
+		unsigned["redacted_because"] = map[string]any{"event_id": e.RedactedBy, "type": "m.room.redaction"}
+	}
+	ce := ClientEvent{
+		Content: content, EventID: e.ID, OriginServerTS: p.OriginServerTS,
+		RoomID: e.RoomID, Sender: p.Sender, StateKey: p.StateKey, Type: p.Type, Unsigned: unsigned,
+	}
+	if p.Redacts != nil {
+		ce.Redacts = *p.Redacts
+	} else if p.Type == "m.room.redaction" {
+		ce.Redacts = id.EventID(gjson.GetBytes(p.Content, "redacts").Str)
+	}
+	if len(ce.Content) == 0 {
+		ce.Content = json.RawMessage("{}")
+	}
+	return ce
+}
+
+// Token is a position between events in the room stream: "after every event
+// at or below this stream position". /messages tokens are "t" + decimal.
+type Token int64
+
+func (t Token) String() string { return "t" + strconv.FormatInt(int64(t), 10) }
+
+// ParseToken reads a /messages token. Sync tokens (issue: /sync) are
+// accepted too once they exist; here only the room token form is known.
+func ParseToken(s string) (Token, error) {
+	n, err := strconv.ParseInt(strings.TrimPrefix(s, "t"), 10, 64)
+	if err != nil || !strings.HasPrefix(s, "t") || n < 0 {
+		return 0, mautrix.MInvalidParam.WithMessage("Invalid pagination token")
+	}
+	return Token(n), nil
+}
+
+// visibility answers "may this user see this event?" following the spec's
+// history visibility rules, caching per state snapshot.
+type visibility struct {
+	s       *Service
+	ctx     context.Context
+	user    id.UserID
+	room    id.RoomID
+	joined  bool // the user is joined now
+	cache   map[int64]bool
+	snapGet func(snapshot int64) (hv, membership string, err error)
+}
+
+// allowed implements the spec's rules: world_readable always; the user's
+// membership at the event is join; shared and the user is (now) joined;
+// invited and the user was invited at the event.
+func (v *visibility) allowed(e *Event) (bool, error) {
+	if ok, hit := v.cache[e.StateBefore]; hit {
+		return ok, nil
+	}
+	hv, membership, err := v.snapGet(e.StateBefore)
+	if err != nil {
+		return false, err
+	}
+	ok := hv == "world_readable" || membership == "join" ||
+		(hv == "shared" || hv == "") && v.joined ||
+		hv == "invited" && (membership == "invite" || membership == "join")
+	v.cache[e.StateBefore] = ok
+	return ok, nil
+}
+
+// Reader is the read side of the store needed for visibility checks.
+type snapshotReader interface {
+	// SnapshotVisibility returns history_visibility and the user's
+	// membership in a state snapshot.
+	SnapshotVisibility(ctx context.Context, snapshot int64, user id.UserID) (string, string, error)
+}
+
+// Messages is GET /rooms/{roomId}/messages.
+type Messages struct {
+	Start string        `json:"start"`
+	End   string        `json:"end,omitempty"`
+	Chunk []ClientEvent `json:"chunk"`
+	State []ClientEvent `json:"state,omitempty"`
+}
+
+// MessagesParams are the query parameters.
+type MessagesParams struct {
+	User     id.UserID
+	RoomID   id.RoomID
+	From, To string
+	Backward bool
+	Limit    int
+	// Ignored are senders the reader ignores (m.ignored_user_list).
+	Ignored map[id.UserID]bool
+	// Filter selects events (types, senders); nil: all.
+	Filter func(*Event) bool
+}
+
+// maxMessagesLimit caps one page.
+const maxMessagesLimit = 1000
+
+// Messages pages through a room's timeline, showing the reader only what
+// history visibility allows. A reader who was never in the room (and the
+// room is not world-readable) gets M_FORBIDDEN.
+func (s *Service) Messages(ctx context.Context, p MessagesParams) (*Messages, error) {
+	vis, membership, err := s.visibilityFor(ctx, p.User, p.RoomID)
+	if err != nil {
+		return nil, err
+	}
+	max, err := s.store.MaxStreamPos(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var from Token
+	switch {
+	case p.From != "":
+		if from, err = ParseToken(p.From); err != nil {
+			return nil, err
+		}
+	case p.Backward:
+		from = Token(max)
+	}
+	to := Token(-1)
+	if p.To != "" {
+		if to, err = ParseToken(p.To); err != nil {
+			return nil, err
+		}
+	}
+	// A user who left sees nothing after their leave.
+	if membership == "leave" || membership == "ban" {
+		_, leaveID, err := s.store.Membership(ctx, p.RoomID, p.User)
+		if err == nil {
+			if le, err := s.store.Event(ctx, leaveID); err == nil {
+				if p.Backward && int64(from) > le.StreamPos {
+					from = Token(le.StreamPos)
+				}
+				if !p.Backward && (to < 0 || int64(to) > le.StreamPos) {
+					to = Token(le.StreamPos)
+				}
+			}
+		}
+	}
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 10
+	}
+	limit = min(limit, maxMessagesLimit)
+	out := &Messages{Start: from.String(), Chunk: []ClientEvent{}}
+	// cursor is the token after what has been consumed so far: backward,
+	// events at or below it remain; forward, events above it remain.
+	cursor := int64(from)
+	exhausted := false
+	for len(out.Chunk) < limit && !exhausted {
+		lo, hi := int64(to), cursor // backward: (lo, hi]
+		if !p.Backward {
+			lo, hi = cursor, int64(to) // forward: (lo, hi]
+			if to < 0 {
+				hi = max
+			}
+		} else if to < 0 {
+			lo = 0
+		}
+		if lo >= hi {
+			exhausted = true
+			break
+		}
+		batch, err := s.store.Timeline(ctx, p.RoomID, lo, hi, p.Backward, limit)
+		if err != nil {
+			return nil, err
+		}
+		exhausted = len(batch) < limit
+		for _, e := range batch {
+			if len(out.Chunk) == limit {
+				exhausted = false // stopped early: more remain
+				break
+			}
+			if p.Backward {
+				cursor = e.StreamPos - 1
+			} else {
+				cursor = e.StreamPos
+			}
+			ok, err := vis.allowed(e)
+			if err != nil {
+				return nil, err
+			}
+			if !ok || p.Ignored[e.PDU.Sender] || (p.Filter != nil && !p.Filter(e)) {
+				continue
+			}
+			out.Chunk = append(out.Chunk, s.ToClient(e))
+		}
+	}
+	if !exhausted {
+		out.End = Token(cursor).String()
+	}
+	return out, nil
+}
+
+// visibilityFor builds the visibility checker for a reader, refusing
+// readers who have never been in the room unless it is world-readable.
+func (s *Service) visibilityFor(ctx context.Context, user id.UserID, roomID id.RoomID) (*visibility, string, error) {
+	if _, err := s.store.RoomVersion(ctx, roomID); errors.Is(err, ErrNotFound) {
+		return nil, "", errForbidden("You are not in this room")
+	} else if err != nil {
+		return nil, "", err
+	}
+	membership, _, err := s.store.Membership(ctx, roomID, user)
+	if err != nil {
+		return nil, "", err
+	}
+	if membership == "" || membership == "knock" {
+		hv, err := s.currentHistoryVisibility(ctx, roomID)
+		if err != nil {
+			return nil, "", err
+		}
+		if hv != "world_readable" {
+			return nil, "", errForbidden("You are not in this room")
+		}
+	}
+	sr, ok := s.store.(snapshotReader)
+	if !ok {
+		return nil, "", fmt.Errorf("store cannot read snapshots")
+	}
+	v := &visibility{s: s, ctx: ctx, user: user, room: roomID, joined: membership == "join", cache: map[int64]bool{},
+		snapGet: func(snap int64) (string, string, error) { return sr.SnapshotVisibility(ctx, snap, user) }}
+	return v, membership, nil
+}
+
+func (s *Service) currentHistoryVisibility(ctx context.Context, roomID id.RoomID) (string, error) {
+	st, err := s.store.CurrentState(ctx, roomID)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range st {
+		if e.PDU.Type == "m.room.history_visibility" && e.PDU.StateKey != nil && *e.PDU.StateKey == "" {
+			return gjson.GetBytes(e.PDU.Content, "history_visibility").Str, nil
+		}
+	}
+	return "shared", nil
+}
+
+// State is GET /rooms/{roomId}/state: the current state for members; for
+// someone who left, the state when they left.
+func (s *Service) State(ctx context.Context, user id.UserID, roomID id.RoomID) ([]ClientEvent, error) {
+	evs, err := s.visibleState(ctx, user, roomID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ClientEvent, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, s.ToClient(e))
+	}
+	return out, nil
+}
+
+func (s *Service) visibleState(ctx context.Context, user id.UserID, roomID id.RoomID) ([]*Event, error) {
+	_, membership, err := s.visibilityFor(ctx, user, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if membership == "leave" || membership == "ban" {
+		_, leaveID, err := s.store.Membership(ctx, roomID, user)
+		if err != nil {
+			return nil, err
+		}
+		return s.store.StateAt(ctx, roomID, leaveID, true)
+	}
+	if membership == "invite" {
+		return nil, errForbidden("Join the room to see its state")
+	}
+	return s.store.CurrentState(ctx, roomID)
+}
+
+// StateEvent is GET /rooms/{roomId}/state/{eventType}/{stateKey}.
+func (s *Service) StateEvent(ctx context.Context, user id.UserID, roomID id.RoomID, typ, stateKey string) (*ClientEvent, error) {
+	evs, err := s.visibleState(ctx, user, roomID)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range evs {
+		if e.PDU.Type == typ && e.PDU.StateKey != nil && *e.PDU.StateKey == stateKey {
+			ce := s.ToClient(e)
+			return &ce, nil
+		}
+	}
+	return nil, errNotFound("No such state event")
+}
+
+// Event is GET /rooms/{roomId}/event/{eventId}.
+func (s *Service) Event(ctx context.Context, user id.UserID, roomID id.RoomID, eventID id.EventID) (*ClientEvent, error) {
+	vis, _, err := s.visibilityFor(ctx, user, roomID)
+	if err != nil {
+		return nil, err
+	}
+	e, err := s.store.Event(ctx, eventID)
+	if errors.Is(err, ErrNotFound) || (err == nil && e.RoomID != roomID) {
+		return nil, errNotFound("Event not found")
+	}
+	if err != nil {
+		return nil, err
+	}
+	ok, err := vis.allowed(e)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, errNotFound("Event not found")
+	}
+	ce := s.ToClient(e)
+	return &ce, nil
+}
+
+// Members is GET /rooms/{roomId}/members (membership / not_membership filters).
+func (s *Service) Members(ctx context.Context, user id.UserID, roomID id.RoomID, membership, notMembership string) ([]ClientEvent, error) {
+	evs, err := s.visibleState(ctx, user, roomID)
+	if err != nil {
+		return nil, err
+	}
+	out := []ClientEvent{}
+	for _, e := range evs {
+		if e.PDU.Type != "m.room.member" {
+			continue
+		}
+		m := gjson.GetBytes(e.PDU.Content, "membership").Str
+		if (membership != "" && m != membership) || (notMembership != "" && m == notMembership) {
+			continue
+		}
+		out = append(out, s.ToClient(e))
+	}
+	return out, nil
+}
+
+// JoinedMember is one entry of /joined_members.
+type JoinedMember struct {
+	DisplayName string `json:"display_name,omitempty"`
+	AvatarURL   string `json:"avatar_url,omitempty"`
+}
+
+// JoinedMembers is GET /rooms/{roomId}/joined_members: for joined users only.
+func (s *Service) JoinedMembers(ctx context.Context, user id.UserID, roomID id.RoomID) (map[id.UserID]JoinedMember, error) {
+	m, _, err := s.store.Membership(ctx, roomID, user)
+	if err != nil {
+		return nil, err
+	}
+	if m != "join" {
+		return nil, errForbidden("You are not in this room")
+	}
+	evs, err := s.store.Members(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	out := map[id.UserID]JoinedMember{}
+	for _, e := range evs {
+		if gjson.GetBytes(e.PDU.Content, "membership").Str != "join" || e.PDU.StateKey == nil {
+			continue
+		}
+		out[id.UserID(*e.PDU.StateKey)] = JoinedMember{
+			DisplayName: gjson.GetBytes(e.PDU.Content, "displayname").Str,
+			AvatarURL:   gjson.GetBytes(e.PDU.Content, "avatar_url").Str,
+		}
+	}
+	return out, nil
+}
+
+// JoinedRooms is GET /joined_rooms.
+func (s *Service) JoinedRooms(ctx context.Context, user id.UserID) ([]id.RoomID, error) {
+	rooms, err := s.store.JoinedRooms(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	if rooms == nil {
+		rooms = []id.RoomID{}
+	}
+	return rooms, nil
+}

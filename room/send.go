@@ -1,0 +1,174 @@
+package room
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/federation/pdu"
+	"maunium.net/go/mautrix/id"
+)
+
+// SendParams is PUT /rooms/{roomId}/send/{eventType}/{txnId}.
+type SendParams struct {
+	Sender  id.UserID
+	Device  id.DeviceID
+	RoomID  id.RoomID
+	Type    string
+	TxnID   string
+	Content json.RawMessage
+}
+
+// Send appends a message event. The transaction ID is recorded per device
+// in the same transaction as the event, so a retry (after a timeout or a
+// crash) returns the first event's ID and never a duplicate.
+func (s *Service) Send(ctx context.Context, p SendParams) (id.EventID, error) {
+	if p.Type == "" || len(p.Type) > 255 {
+		return "", mautrix.MInvalidParam.WithMessage("Invalid event type")
+	}
+	var eventID id.EventID
+	err := s.inRoom(ctx, p.RoomID, func(tx Tx) error {
+		if prev, ok, err := tx.TxnEvent(p.Sender, p.Device, p.TxnID); err != nil || ok {
+			eventID = prev
+			return err
+		}
+		var err error
+		eventID, err = s.appendEvent(tx, eventRequest{Sender: p.Sender, Type: p.Type, Content: p.Content, TxnDevice: p.Device, TxnID: p.TxnID})
+		return err
+	})
+	return eventID, err
+}
+
+// SetState is PUT /rooms/{roomId}/state/{eventType}/{stateKey}. Content equal
+// to the current state's returns the existing event, and nothing is sent.
+func (s *Service) SetState(ctx context.Context, sender id.UserID, roomID id.RoomID, typ, stateKey string, content json.RawMessage) (id.EventID, error) {
+	if typ == "" || len(typ) > 255 || len(stateKey) > 255 {
+		return "", mautrix.MInvalidParam.WithMessage("Invalid event type or state key")
+	}
+	if typ == "m.room.member" {
+		return "", mautrix.MInvalidParam.WithMessage("Use the membership endpoints (/join, /invite, /leave, /kick, /ban) for m.room.member")
+	}
+	if typ == "m.room.create" {
+		return "", errForbidden("The room's create event cannot be changed")
+	}
+	var eventID id.EventID
+	err := s.inRoom(ctx, roomID, func(tx Tx) error {
+		key := pdu.StateKey{Type: typ, StateKey: stateKey}
+		cur, err := tx.CurrentStateIDs([]pdu.StateKey{key})
+		if err != nil {
+			return err
+		}
+		if eid, ok := cur[key]; ok {
+			evs, err := tx.Events([]id.EventID{eid})
+			if err != nil {
+				return err
+			}
+			if e := evs[eid]; e != nil && e.Sender == sender && sameJSON(e.Content, content) {
+				eventID = eid
+				return nil
+			}
+		}
+		if typ == "m.room.canonical_alias" {
+			if err := s.checkCanonicalAlias(tx, content); err != nil {
+				return err
+			}
+		}
+		eventID, err = s.appendEvent(tx, eventRequest{Sender: sender, Type: typ, StateKey: &stateKey, Content: content})
+		return err
+	})
+	return eventID, err
+}
+
+// sameJSON compares two JSON documents by value.
+func sameJSON(a, b []byte) bool {
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return bytes.Equal(a, b)
+	}
+	xa, _ := json.Marshal(x)
+	ya, _ := json.Marshal(y)
+	return bytes.Equal(xa, ya)
+}
+
+// checkCanonicalAlias refuses aliases that do not exist or point elsewhere.
+func (s *Service) checkCanonicalAlias(tx Tx, content json.RawMessage) error {
+	var c struct {
+		Alias      *string  `json:"alias"`
+		AltAliases []string `json:"alt_aliases"`
+	}
+	if err := json.Unmarshal(content, &c); err != nil {
+		return errBadJSON("m.room.canonical_alias content is malformed")
+	}
+	aliases := c.AltAliases
+	if c.Alias != nil && *c.Alias != "" {
+		aliases = append(aliases, *c.Alias)
+	}
+	lookup, ok := tx.(interface {
+		AliasRoom(alias id.RoomAlias) (id.RoomID, error)
+	})
+	if !ok {
+		return nil
+	}
+	for _, a := range aliases {
+		if !strings.HasPrefix(a, "#") || !strings.Contains(a, ":") {
+			return mautrix.RespError{ErrCode: "M_BAD_ALIAS", Err: fmt.Sprintf("%q is not a room alias", a), StatusCode: 400}
+		}
+		rid, err := lookup.AliasRoom(id.RoomAlias(a))
+		if err != nil || rid != tx.RoomID() {
+			return mautrix.RespError{ErrCode: "M_BAD_ALIAS", Err: fmt.Sprintf("Alias %s does not point at this room", a), StatusCode: 400}
+		}
+	}
+	return nil
+}
+
+// Redact is PUT /rooms/{roomId}/redact/{eventId}/{txnId}. Since room v3 the
+// auth rules leave redactions to the receiver: only the original sender or
+// someone with the redact power level may redact.
+func (s *Service) Redact(ctx context.Context, sender id.UserID, device id.DeviceID, roomID id.RoomID, target id.EventID, txnID, reason string) (id.EventID, error) {
+	var eventID id.EventID
+	err := s.inRoom(ctx, roomID, func(tx Tx) error {
+		if prev, ok, err := tx.TxnEvent(sender, device, txnID); err != nil || ok {
+			eventID = prev
+			return err
+		}
+		evs, err := tx.Events([]id.EventID{target})
+		if err != nil {
+			return err
+		}
+		orig := evs[target]
+		if orig == nil || roomOf(orig, tx.RoomVersion()) != roomID {
+			return errNotFound("Unknown event")
+		}
+		if orig.Sender != sender {
+			level, redactLevel, err := s.powerOf(tx, sender)
+			if err != nil {
+				return err
+			}
+			if level < redactLevel {
+				return errForbidden("You need the redact power level to redact other people's events")
+			}
+		}
+		content := map[string]any{}
+		if reason != "" {
+			content["reason"] = reason
+		}
+		if tx.RoomVersion().RedactsInContent() {
+			content["redacts"] = target
+		}
+		eventID, err = s.appendEvent(tx, eventRequest{Sender: sender, Type: "m.room.redaction", Content: mustJSON(content), Redacts: target, TxnDevice: device, TxnID: txnID})
+		return err
+	})
+	return eventID, err
+}
+
+// powerOf returns the user's power level and the room's redact level.
+func (s *Service) powerOf(tx Tx, user id.UserID) (int, int, error) {
+	pl, err := s.powerLevels(tx)
+	if err != nil {
+		return 0, 0, err
+	}
+	return pl.GetUserLevel(user), pl.Redact(), nil
+}

@@ -1,0 +1,447 @@
+package storage
+
+import (
+	"context"
+	jsonv2 "encoding/json/v2"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/tidwall/gjson"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/federation/pdu"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/weftchat/weft/room"
+)
+
+// Rooms implements room.Store.
+type Rooms struct{ db *DB }
+
+// Rooms returns the room store.
+func (db *DB) Rooms() *Rooms { return &Rooms{db: db} }
+
+var _ room.Store = (*Rooms)(nil)
+
+// snapshotRebase is how many deltas may chain before a full copy is written.
+const snapshotRebase = 100
+
+func roomNotFound(err error) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return room.ErrNotFound
+	}
+	return err
+}
+
+// roomTx is one room's locked transaction.
+type roomTx struct {
+	ctx     context.Context
+	tx      pgx.Tx
+	roomID  id.RoomID
+	version id.RoomVersion
+}
+
+func (r *Rooms) CreateRoom(ctx context.Context, roomID id.RoomID, version id.RoomVersion, fn func(room.Tx) error) error {
+	return r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO rooms (room_id, room_version) VALUES ($1, $2)`, roomID, version); isUniqueViolation(err) {
+			return room.ErrRoomExists
+		} else if err != nil {
+			return fmt.Errorf("inserting room: %w", err)
+		}
+		return fn(&roomTx{ctx: ctx, tx: tx, roomID: roomID, version: version})
+	})
+}
+
+func (r *Rooms) InRoomTx(ctx context.Context, roomID id.RoomID, fn func(room.Tx) error) error {
+	return r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		// The row lock serialises appends to this room; other rooms' rows
+		// are untouched, so their appends proceed in parallel.
+		var version id.RoomVersion
+		if err := tx.QueryRow(ctx, `SELECT room_version FROM rooms WHERE room_id = $1 FOR UPDATE`, roomID).Scan(&version); err != nil {
+			return roomNotFound(err)
+		}
+		return fn(&roomTx{ctx: ctx, tx: tx, roomID: roomID, version: version})
+	})
+}
+
+func (t *roomTx) RoomID() id.RoomID           { return t.roomID }
+func (t *roomTx) RoomVersion() id.RoomVersion { return t.version }
+
+func (t *roomTx) CurrentStateIDs(keys []pdu.StateKey) (map[pdu.StateKey]id.EventID, error) {
+	types := make([]string, len(keys))
+	skeys := make([]string, len(keys))
+	for i, k := range keys {
+		types[i], skeys[i] = k.Type, k.StateKey
+	}
+	rows, err := t.tx.Query(t.ctx, `SELECT c.type, c.state_key, c.event_id FROM current_state c
+		JOIN unnest($2::text[], $3::text[]) AS k(type, state_key) ON c.type = k.type AND c.state_key = k.state_key
+		WHERE c.room_id = $1`, t.roomID, types, skeys)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[pdu.StateKey]id.EventID{}
+	for rows.Next() {
+		var k pdu.StateKey
+		var eid id.EventID
+		if err := rows.Scan(&k.Type, &k.StateKey, &eid); err != nil {
+			return nil, err
+		}
+		out[k] = eid
+	}
+	return out, rows.Err()
+}
+
+func (t *roomTx) Events(ids []id.EventID) (map[id.EventID]*pdu.PDU, error) {
+	return loadPDUs(t.ctx, t.tx, ids)
+}
+
+// querier is a pool or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func loadPDUs(ctx context.Context, q querier, ids []id.EventID) (map[id.EventID]*pdu.PDU, error) {
+	strs := make([]string, len(ids))
+	for i, e := range ids {
+		strs[i] = string(e)
+	}
+	rows, err := q.Query(ctx, `SELECT event_id, pdu::text FROM events WHERE event_id = ANY($1)`, strs)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[id.EventID]*pdu.PDU{}
+	for rows.Next() {
+		var eid id.EventID
+		var raw string
+		if err := rows.Scan(&eid, &raw); err != nil {
+			return nil, err
+		}
+		p, err := parsePDU(raw)
+		if err != nil {
+			return nil, fmt.Errorf("event %s: %w", eid, err)
+		}
+		out[eid] = p
+	}
+	return out, rows.Err()
+}
+
+func parsePDU(raw string) (*pdu.PDU, error) {
+	var p pdu.PDU
+	if err := jsonv2.Unmarshal([]byte(raw), &p); err != nil {
+		return nil, fmt.Errorf("decoding stored PDU: %w", err)
+	}
+	return &p, nil
+}
+
+func (t *roomTx) Head() ([]id.EventID, int64, error) {
+	rows, err := t.tx.Query(t.ctx, `SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id`, t.roomID)
+	if err != nil {
+		return nil, 0, err
+	}
+	prev, err := pgx.CollectRows(rows, pgx.RowTo[id.EventID])
+	if err != nil {
+		return nil, 0, err
+	}
+	var depth int64
+	err = t.tx.QueryRow(t.ctx, `SELECT depth FROM room_heads WHERE room_id = $1`, t.roomID).Scan(&depth)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, 0, err
+	}
+	return prev, depth, nil
+}
+
+func (t *roomTx) TxnEvent(sender id.UserID, device id.DeviceID, txnID string) (id.EventID, bool, error) {
+	if txnID == "" {
+		return "", false, nil
+	}
+	var eid id.EventID
+	err := t.tx.QueryRow(t.ctx, `SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3`, sender, device, txnID).Scan(&eid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", false, nil
+	}
+	return eid, err == nil, err
+}
+
+// Append stores the event as the room's new single head. Local rooms are
+// linear: the new event's prev_events were all the extremities, so it
+// replaces them.
+func (t *roomTx) Append(e *room.Appended) (int64, error) {
+	ctx, tx := t.ctx, t.tx
+	var headSnap, chainLen int64
+	err := tx.QueryRow(ctx, `SELECT h.snapshot_id, s.chain_len FROM room_heads h JOIN state_snapshots s USING (snapshot_id) WHERE h.room_id = $1`, t.roomID).Scan(&headSnap, &chainLen)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// First event of a new room: the state before it is empty.
+		if err := tx.QueryRow(ctx, `INSERT INTO state_snapshots (room_id, chain_len) VALUES ($1, 0) RETURNING snapshot_id`, t.roomID).Scan(&headSnap); err != nil {
+			return 0, fmt.Errorf("creating root snapshot: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO room_heads (room_id, snapshot_id, depth) VALUES ($1, $2, 0)`, t.roomID, headSnap); err != nil {
+			return 0, err
+		}
+	} else if err != nil {
+		return 0, fmt.Errorf("reading room head: %w", err)
+	}
+
+	relatesTo := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.event_id").Str
+	relType := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.rel_type").Str
+	// The stream position is taken last, just before the writes that need
+	// it: the stream lock is held from here to COMMIT.
+	pos, err := nextStreamPos(ctx, tx)
+	if err != nil {
+		return 0, err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, nullif($11, ''), nullif($12, ''))`,
+		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, pos, headSnap, string(e.Raw), relatesTo, relType)
+	if err != nil {
+		return 0, fmt.Errorf("inserting event: %w", err)
+	}
+	newSnap := headSnap
+	if e.PDU.StateKey != nil {
+		newSnap, err = t.addToSnapshot(headSnap, chainLen, e)
+		if err != nil {
+			return 0, err
+		}
+		var membership *string
+		if e.PDU.Type == "m.room.member" {
+			m := gjson.GetBytes(e.PDU.Content, "membership").Str
+			membership = &m
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id, membership = EXCLUDED.membership`,
+			t.roomID, e.PDU.Type, *e.PDU.StateKey, e.ID, membership); err != nil {
+			return 0, fmt.Errorf("updating current state: %w", err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE room_heads SET snapshot_id = $2, depth = $3 WHERE room_id = $1`, t.roomID, newSnap, e.PDU.Depth); err != nil {
+		return 0, err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM forward_extremities WHERE room_id = $1`, t.roomID); err != nil {
+		return 0, err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, t.roomID, e.ID); err != nil {
+		return 0, err
+	}
+	if e.TxnID != "" {
+		if _, err := tx.Exec(ctx, `INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)`, e.PDU.Sender, e.TxnDevice, e.TxnID, e.ID); err != nil {
+			return 0, fmt.Errorf("recording transaction ID: %w", err)
+		}
+	}
+	if e.Redacts != "" {
+		if _, err := tx.Exec(ctx, `UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3 AND redacted_by IS NULL`, e.Redacts, e.ID, t.roomID); err != nil {
+			return 0, err
+		}
+	}
+	return pos, nil
+}
+
+// addToSnapshot writes the snapshot "head plus this state event": a delta
+// of one entry, or a full copy once the chain is snapshotRebase long.
+func (t *roomTx) addToSnapshot(head, chainLen int64, e *room.Appended) (int64, error) {
+	ctx, tx := t.ctx, t.tx
+	var snap int64
+	if chainLen+1 < snapshotRebase {
+		if err := tx.QueryRow(ctx, `INSERT INTO state_snapshots (room_id, parent_id, chain_len) VALUES ($1, $2, $3) RETURNING snapshot_id`,
+			t.roomID, head, chainLen+1).Scan(&snap); err != nil {
+			return 0, err
+		}
+	} else {
+		if err := tx.QueryRow(ctx, `INSERT INTO state_snapshots (room_id, chain_len) VALUES ($1, 0) RETURNING snapshot_id`, t.roomID).Scan(&snap); err != nil {
+			return 0, err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id)
+			SELECT $1, type, state_key, event_id FROM (`+resolveSnapshotSQL+`) s`, snap, head); err != nil {
+			return 0, fmt.Errorf("copying snapshot: %w", err)
+		}
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (snapshot_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id`, snap, e.PDU.Type, *e.PDU.StateKey, e.ID)
+	return snap, err
+}
+
+// resolveSnapshotSQL lists the state of snapshot $2 (as type, state_key,
+// event_id): each key's entry from the nearest snapshot in the chain.
+const resolveSnapshotSQL = `
+	WITH RECURSIVE chain(snapshot_id, parent_id, lvl) AS (
+		SELECT snapshot_id, parent_id, 0 FROM state_snapshots WHERE snapshot_id = $2
+		UNION ALL
+		SELECT s.snapshot_id, s.parent_id, c.lvl + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_id = c.parent_id
+	)
+	SELECT DISTINCT ON (e.type, e.state_key) e.type, e.state_key, e.event_id
+	FROM chain c JOIN state_snapshot_entries e USING (snapshot_id)
+	ORDER BY e.type, e.state_key, c.lvl`
+
+func (t *roomTx) CreateAlias(alias id.RoomAlias, creator id.UserID) error {
+	_, err := t.tx.Exec(t.ctx, `INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3)`, alias, t.roomID, creator)
+	if isUniqueViolation(err) {
+		return mautrix.MRoomInUse.WithMessage("Room alias already taken")
+	}
+	return err
+}
+
+func (t *roomTx) SetPublished(v bool) error {
+	_, err := t.tx.Exec(t.ctx, `UPDATE rooms SET published = $2 WHERE room_id = $1`, t.roomID, v)
+	return err
+}
+
+func (t *roomTx) AliasRoom(alias id.RoomAlias) (id.RoomID, error) {
+	var rid id.RoomID
+	err := t.tx.QueryRow(t.ctx, `SELECT room_id FROM room_aliases WHERE alias = $1`, alias).Scan(&rid)
+	return rid, roomNotFound(err)
+}
+
+// eventColumns are what scanEvent reads.
+const eventColumns = `e.event_id, e.room_id, r.room_version, e.pdu::text, e.stream_pos, e.state_before, coalesce(e.redacted_by, '')`
+
+func scanEvent(row pgx.Row) (*room.Event, error) {
+	var ev room.Event
+	var raw string
+	if err := row.Scan(&ev.ID, &ev.RoomID, &ev.RoomVersion, &raw, &ev.StreamPos, &ev.StateBefore, &ev.RedactedBy); err != nil {
+		return nil, roomNotFound(err)
+	}
+	p, err := parsePDU(raw)
+	if err != nil {
+		return nil, err
+	}
+	ev.PDU = p
+	return &ev, nil
+}
+
+func collectEvents(rows pgx.Rows, err error) ([]*room.Event, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []*room.Event{}
+	for rows.Next() {
+		ev, err := scanEvent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ev)
+	}
+	return out, rows.Err()
+}
+
+func (r *Rooms) RoomVersion(ctx context.Context, roomID id.RoomID) (id.RoomVersion, error) {
+	var v id.RoomVersion
+	err := r.db.pool.QueryRow(ctx, `SELECT room_version FROM rooms WHERE room_id = $1`, roomID).Scan(&v)
+	return v, roomNotFound(err)
+}
+
+func (r *Rooms) Event(ctx context.Context, eventID id.EventID) (*room.Event, error) {
+	return scanEvent(r.db.pool.QueryRow(ctx, `SELECT `+eventColumns+` FROM events e JOIN rooms r USING (room_id) WHERE e.event_id = $1`, eventID))
+}
+
+func (r *Rooms) CurrentState(ctx context.Context, roomID id.RoomID) ([]*room.Event, error) {
+	return collectEvents(r.db.pool.Query(ctx, `SELECT `+eventColumns+` FROM current_state c
+		JOIN events e ON e.event_id = c.event_id JOIN rooms r ON r.room_id = c.room_id
+		WHERE c.room_id = $1 ORDER BY e.stream_pos`, roomID))
+}
+
+func (r *Rooms) StateAt(ctx context.Context, roomID id.RoomID, eventID id.EventID, after bool) ([]*room.Event, error) {
+	ev, err := r.Event(ctx, eventID)
+	if err != nil {
+		return nil, err
+	}
+	state, err := collectEvents(r.db.pool.Query(ctx, `SELECT `+eventColumns+` FROM (`+resolveSnapshotSQL+`) s
+		JOIN events e ON e.event_id = s.event_id JOIN rooms r ON r.room_id = e.room_id
+		WHERE $1::text = e.room_id ORDER BY e.stream_pos`, roomID, ev.StateBefore))
+	if err != nil || !after || ev.PDU.StateKey == nil {
+		return state, err
+	}
+	out := state[:0]
+	for _, s := range state {
+		if s.PDU.Type != ev.PDU.Type || *s.PDU.StateKey != *ev.PDU.StateKey {
+			out = append(out, s)
+		}
+	}
+	return append(out, ev), nil
+}
+
+func (r *Rooms) SnapshotVisibility(ctx context.Context, snapshot int64, user id.UserID) (string, string, error) {
+	rows, err := r.db.pool.Query(ctx, `SELECT s.type, e.pdu::text FROM (`+resolveSnapshotSQL+`) s JOIN events e ON e.event_id = s.event_id
+		WHERE (s.type = 'm.room.history_visibility' AND s.state_key = '') OR (s.type = 'm.room.member' AND s.state_key = $1)`,
+		string(user), snapshot)
+	if err != nil {
+		return "", "", err
+	}
+	defer rows.Close()
+	hv, membership := "", ""
+	for rows.Next() {
+		var typ, raw string
+		if err := rows.Scan(&typ, &raw); err != nil {
+			return "", "", err
+		}
+		if typ == "m.room.member" {
+			membership = gjson.Get(raw, "content.membership").Str
+		} else {
+			hv = gjson.Get(raw, "content.history_visibility").Str
+		}
+	}
+	return hv, membership, rows.Err()
+}
+
+func (r *Rooms) Membership(ctx context.Context, roomID id.RoomID, userID id.UserID) (string, id.EventID, error) {
+	var m string
+	var eid id.EventID
+	err := r.db.pool.QueryRow(ctx, `SELECT coalesce(membership, ''), event_id FROM current_state
+		WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2`, roomID, userID).Scan(&m, &eid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", nil
+	}
+	return m, eid, err
+}
+
+func (r *Rooms) JoinedRooms(ctx context.Context, userID id.UserID) ([]id.RoomID, error) {
+	rows, err := r.db.pool.Query(ctx, `SELECT room_id FROM current_state
+		WHERE type = 'm.room.member' AND state_key = $1 AND membership = 'join' ORDER BY room_id`, userID)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[id.RoomID])
+}
+
+func (r *Rooms) Members(ctx context.Context, roomID id.RoomID) ([]*room.Event, error) {
+	return collectEvents(r.db.pool.Query(ctx, `SELECT `+eventColumns+` FROM current_state c
+		JOIN events e ON e.event_id = c.event_id JOIN rooms r ON r.room_id = c.room_id
+		WHERE c.room_id = $1 AND c.type = 'm.room.member' ORDER BY c.state_key`, roomID))
+}
+
+func (r *Rooms) Timeline(ctx context.Context, roomID id.RoomID, from, to int64, backward bool, limit int) ([]*room.Event, error) {
+	order := "ASC"
+	if backward {
+		order = "DESC"
+	}
+	return collectEvents(r.db.pool.Query(ctx, `SELECT `+eventColumns+` FROM events e JOIN rooms r USING (room_id)
+		WHERE e.room_id = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3 AND NOT e.rejected
+		ORDER BY e.stream_pos `+order+` LIMIT $4`, roomID, from, to, limit))
+}
+
+// MaxStreamPos is the highest committed stream position. Writers hold the
+// stream lock exclusively from allocating a position until COMMIT, so
+// taking it shared here waits out any writer in flight: the sequence's
+// last value is then committed.
+func (r *Rooms) MaxStreamPos(ctx context.Context) (int64, error) {
+	return r.db.MaxStreamPos(ctx)
+}
+
+// MaxStreamPos: see Rooms.MaxStreamPos.
+func (db *DB) MaxStreamPos(ctx context.Context) (int64, error) {
+	var pos int64
+	err := db.inTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock_shared($1)", streamLockID); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM stream_pos_seq`).Scan(&pos)
+	})
+	return pos, err
+}
+
+func (r *Rooms) AliasRoom(ctx context.Context, alias id.RoomAlias) (id.RoomID, error) {
+	var rid id.RoomID
+	err := r.db.pool.QueryRow(ctx, `SELECT room_id FROM room_aliases WHERE alias = $1`, alias).Scan(&rid)
+	return rid, roomNotFound(err)
+}
