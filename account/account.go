@@ -42,6 +42,9 @@ type Service struct {
 	log   *slog.Logger
 	now   func() time.Time
 	cache *tokenCache
+	// hooks tell the room domain about profile changes and deactivations;
+	// set once by the wiring before the server serves (SetHooks).
+	hooks Hooks
 	// dummyHash is compared against when a login names no known user, so a
 	// failed login takes as long whether or not the user exists.
 	dummyHash string
@@ -62,6 +65,17 @@ func New(cfg Config, store Store, log *slog.Logger, now func() time.Time) *Servi
 	s.dummyHash, _ = hashPassword("weft-dummy-password", cfg.Password.bcryptCost())
 	return s
 }
+
+// Hooks are called after account changes that other domains react to.
+type Hooks struct {
+	// ProfileChanged sends new member events into the user's rooms.
+	ProfileChanged func(ctx context.Context, userID id.UserID) error
+	// Deactivated makes the user leave every room.
+	Deactivated func(ctx context.Context, userID id.UserID) error
+}
+
+// SetHooks installs the hooks. Call it before serving requests.
+func (s *Service) SetHooks(h Hooks) { s.hooks = h }
 
 // Requester is who is making an authenticated request.
 type Requester struct {

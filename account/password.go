@@ -117,6 +117,13 @@ func (s *Service) SetPasswordByOperator(ctx context.Context, userID id.UserID, n
 // Deactivate closes an account for ever: no login, no profile, no devices,
 // out of the user directory. (Leaving rooms comes with the rooms domain.)
 func (s *Service) Deactivate(ctx context.Context, userID id.UserID) error {
+	// Leave rooms first, while the member events can still be signed as
+	// this user's; a crash after this point leaves the rest to a retry.
+	if s.hooks.Deactivated != nil {
+		if err := s.hooks.Deactivated(ctx, userID); err != nil {
+			return fmt.Errorf("leaving rooms: %w", err)
+		}
+	}
 	if err := s.store.Deactivate(ctx, userID); err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return errNotFound("Unknown user")

@@ -37,7 +37,19 @@ func (s *Service) SetDisplayName(ctx context.Context, r *Requester, target id.Us
 	if utf8.RuneCountInString(name) > maxProfileField {
 		return errInvalidParam(fmt.Sprintf("displayname is longer than %d characters", maxProfileField))
 	}
-	return s.store.SetDisplayName(ctx, target, name)
+	if err := s.store.SetDisplayName(ctx, target, name); err != nil {
+		return err
+	}
+	return s.profileChanged(ctx, target)
+}
+
+// profileChanged fans the new profile out as member events. A failure there
+// does not undo the profile change; it is logged by the room domain.
+func (s *Service) profileChanged(ctx context.Context, userID id.UserID) error {
+	if s.hooks.ProfileChanged != nil {
+		return s.hooks.ProfileChanged(ctx, userID)
+	}
+	return nil
 }
 
 // SetAvatarURL changes the requester's own avatar; it must be an mxc:// URI
@@ -51,7 +63,10 @@ func (s *Service) SetAvatarURL(ctx context.Context, r *Requester, target id.User
 			return errInvalidParam("avatar_url must be an mxc:// URI")
 		}
 	}
-	return s.store.SetAvatarURL(ctx, target, url)
+	if err := s.store.SetAvatarURL(ctx, target, url); err != nil {
+		return err
+	}
+	return s.profileChanged(ctx, target)
 }
 
 // maxAccountData bounds one account data object.

@@ -356,10 +356,9 @@ func (a *Accounts) SetAvatarURL(ctx context.Context, userID id.UserID, url strin
 	return err
 }
 
-// SearchUsers matches the term against localparts and display names,
-// case-insensitively, as a substring. Without all, only the searcher
-// themself qualifies until rooms exist: "shares a room or is in a public
-// room" is added with the rooms domain.
+// SearchUsers matches the term against user IDs and display names,
+// case-insensitively, as a substring. Without all, only users who share a
+// room with the searcher or are joined to a public room qualify.
 func (a *Accounts) SearchUsers(ctx context.Context, searcher id.UserID, term string, all bool, limit int) ([]account.DirectoryEntry, bool, error) {
 	pattern := "%" + escapeLike(strings.ToLower(term)) + "%"
 	rows, err := a.db.pool.Query(ctx, `
@@ -367,7 +366,17 @@ func (a *Accounts) SearchUsers(ctx context.Context, searcher id.UserID, term str
 		FROM users u JOIN profiles p USING (user_id)
 		WHERE NOT u.deactivated AND NOT u.is_guest
 		  AND (lower(u.user_id) LIKE $1 OR lower(p.displayname) LIKE $1)
-		  AND ($2 OR u.user_id = $3)
+		  AND ($2 OR u.user_id = $3
+		       -- shares a room with the searcher
+		       OR EXISTS (SELECT 1 FROM current_state a JOIN current_state b ON a.room_id = b.room_id
+		                  WHERE a.type = 'm.room.member' AND a.state_key = u.user_id AND a.membership = 'join'
+		                    AND b.type = 'm.room.member' AND b.state_key = $3 AND b.membership = 'join')
+		       -- is in a room anyone may join
+		       OR EXISTS (SELECT 1 FROM current_state m
+		                  JOIN current_state jr ON jr.room_id = m.room_id AND jr.type = 'm.room.join_rules' AND jr.state_key = ''
+		                  JOIN events je ON je.event_id = jr.event_id
+		                  WHERE m.type = 'm.room.member' AND m.state_key = u.user_id AND m.membership = 'join'
+		                    AND je.pdu -> 'content' ->> 'join_rule' = 'public'))
 		ORDER BY (coalesce(lower(p.displayname) LIKE $4, false) OR lower(u.localpart) LIKE $4) DESC, u.user_id
 		LIMIT $5`, pattern, all, searcher, escapeLike(strings.ToLower(term))+"%", limit+1)
 	if err != nil {

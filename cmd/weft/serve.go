@@ -19,7 +19,6 @@ import (
 
 	"github.com/weftchat/weft/api"
 	"github.com/weftchat/weft/internal/config"
-	"github.com/weftchat/weft/room"
 )
 
 // serve runs the homeserver until SIGINT or SIGTERM, then shuts down in
@@ -46,16 +45,10 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	}
 	defer closeDB()
 
-	accounts, err := newAccounts(cfg, db, log)
+	accounts, rooms, err := newServices(cfg, db, log)
 	if err != nil {
 		return err
 	}
-
-	signer, err := loadOrCreateSigningKey(cfg)
-	if err != nil {
-		return err
-	}
-	rooms := room.New(room.Config{Signer: signer}, db.Rooms(), profileSource{accounts}, log)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector())

@@ -71,7 +71,7 @@ func withAccounts(ctx context.Context, cfgPath string, stdin io.Reader, stdout, 
 		return err
 	}
 	defer closeDB()
-	accounts, err := newAccounts(cfg, db, log)
+	accounts, _, err := newServices(cfg, db, log)
 	if err != nil {
 		return err
 	}

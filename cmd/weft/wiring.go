@@ -13,6 +13,7 @@ import (
 	"github.com/weftchat/weft/account"
 	"github.com/weftchat/weft/api"
 	"github.com/weftchat/weft/internal/config"
+	"github.com/weftchat/weft/room"
 	"github.com/weftchat/weft/storage"
 	"github.com/weftchat/weft/storage/pgserver"
 )
@@ -22,6 +23,21 @@ import (
 var reservedLocalparts = []string{
 	"admin", "administrator", "root", "support", "security", "abuse", "postmaster",
 	"hostmaster", "webmaster", "noreply", "no-reply", "system", "server", "notices",
+}
+
+// newServices builds the domains over storage and connects them.
+func newServices(cfg *config.Config, db *storage.DB, log *slog.Logger) (*account.Service, *room.Service, error) {
+	accounts, err := newAccounts(cfg, db, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	signer, err := loadOrCreateSigningKey(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	rooms := room.New(room.Config{Signer: signer}, db.Rooms(), profileSource{accounts}, log)
+	accounts.SetHooks(account.Hooks{ProfileChanged: rooms.UpdateProfile, Deactivated: rooms.LeaveAll})
+	return accounts, rooms, nil
 }
 
 // newAccounts builds the account domain over storage.
