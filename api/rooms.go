@@ -188,9 +188,15 @@ func (s *server) messages(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
+	me := requester(r)
+	filter, err := room.ParseEventFilter(q.Get("filter"))
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
 	res, err := s.opts.Rooms.Messages(r.Context(), room.MessagesParams{
-		User: requester(r).UserID, RoomID: pathRoom(r), From: q.Get("from"), To: q.Get("to"),
-		Backward: dir == "b", Limit: limit,
+		User: me.UserID, RoomID: pathRoom(r), From: q.Get("from"), To: q.Get("to"),
+		Backward: dir == "b", Limit: limit, Ignored: s.ignoredUsers(r, me.UserID), Filter: filter,
 	})
 	if err != nil {
 		writeError(w, r, s.log, err)
@@ -258,4 +264,74 @@ func (s *server) redact(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]id.EventID{"event_id": eventID})
+}
+
+// GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}
+func (s *server) roomContext(w http.ResponseWriter, r *http.Request) {
+	limit := 10
+	if l := r.URL.Query().Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 0 {
+			writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "limit must be a non-negative integer"))
+			return
+		}
+		limit = n
+	}
+	me := requester(r)
+	res, err := s.opts.Rooms.Context(r.Context(), me.UserID, pathRoom(r), id.EventID(pathParam(r, "eventId")), limit, s.ignoredUsers(r, me.UserID))
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event
+func (s *server) timestampToEvent(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	ts, err := strconv.ParseInt(q.Get("ts"), 10, 64)
+	if err != nil {
+		writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "ts must be a timestamp in milliseconds"))
+		return
+	}
+	dir := q.Get("dir")
+	if dir != "f" && dir != "b" {
+		writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "dir must be f or b"))
+		return
+	}
+	ev, err := s.opts.Rooms.TimestampToEvent(r.Context(), requester(r).UserID, pathRoom(r), ts, dir == "f")
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"event_id": ev.EventID, "origin_server_ts": ev.OriginServerTS})
+}
+
+// POST /_matrix/client/v3/rooms/{roomId}/forget
+func (s *server) forget(w http.ResponseWriter, r *http.Request) {
+	if err := s.opts.Rooms.Forget(r.Context(), requester(r).UserID, pathRoom(r)); err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// ignoredUsers reads the requester's m.ignored_user_list, whose senders are
+// left out of what they read.
+func (s *server) ignoredUsers(r *http.Request, me id.UserID) map[id.UserID]bool {
+	raw, err := s.opts.Accounts.AccountData(r.Context(), requester(r), me, "", "m.ignored_user_list")
+	if err != nil {
+		return nil
+	}
+	var c struct {
+		IgnoredUsers map[id.UserID]json.RawMessage `json:"ignored_users"`
+	}
+	if json.Unmarshal(raw, &c) != nil || len(c.IgnoredUsers) == 0 {
+		return nil
+	}
+	out := make(map[id.UserID]bool, len(c.IgnoredUsers))
+	for u := range c.IgnoredUsers {
+		out[u] = true
+	}
+	return out
 }

@@ -81,6 +81,9 @@ func (s *server) v3Routes() []clientRoute {
 
 // mountV1 registers the /_matrix/client/v1 endpoints.
 func (s *server) mountV1(r chi.Router) {
+	if s.opts.Rooms != nil {
+		r.With(s.requireAuth).Get("/_matrix/client/v1/rooms/{roomId}/timestamp_to_event", s.timestampToEvent)
+	}
 	r.With(s.limitByIP(registerLimit)).Get("/_matrix/client/v1/register/m.login.registration_token/validity", s.registrationTokenValidity)
 }
 
@@ -118,5 +121,7 @@ func (s *server) roomRoutes() []clientRoute {
 		{method: "GET", path: "/rooms/{roomId}/joined_members", handler: s.joinedMembers, auth: true, r0: true},
 		{method: "GET", path: "/joined_rooms", handler: s.joinedRooms, auth: true, r0: true},
 		{method: "PUT", path: "/rooms/{roomId}/redact/{eventId}/{txnId}", handler: s.redact, auth: true, r0: true},
+		{method: "GET", path: "/rooms/{roomId}/context/{eventId}", handler: s.roomContext, auth: true, r0: true},
+		{method: "POST", path: "/rooms/{roomId}/forget", handler: s.forget, auth: true, r0: true},
 	}
 }

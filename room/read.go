@@ -121,8 +121,9 @@ type MessagesParams struct {
 	Limit    int
 	// Ignored are senders the reader ignores (m.ignored_user_list).
 	Ignored map[id.UserID]bool
-	// Filter selects events (types, senders); nil: all.
-	Filter func(*Event) bool
+	// Filter selects events (types, senders, ...); nil: all. With
+	// lazy_load_members the response's state has the senders' member events.
+	Filter *EventFilter
 }
 
 // maxMessagesLimit caps one page.
@@ -212,7 +213,7 @@ func (s *Service) Messages(ctx context.Context, p MessagesParams) (*Messages, er
 			if err != nil {
 				return nil, err
 			}
-			if !ok || p.Ignored[e.PDU.Sender] || (p.Filter != nil && !p.Filter(e)) {
+			if !ok || p.Ignored[e.PDU.Sender] || !p.Filter.Match(e) {
 				continue
 			}
 			out.Chunk = append(out.Chunk, s.ToClient(e))
@@ -221,7 +222,31 @@ func (s *Service) Messages(ctx context.Context, p MessagesParams) (*Messages, er
 	if !exhausted {
 		out.End = Token(cursor).String()
 	}
+	if p.Filter != nil && p.Filter.LazyLoadMembers && len(out.Chunk) > 0 {
+		if err := s.addSenderMembers(ctx, p.RoomID, out); err != nil {
+			return nil, err
+		}
+	}
 	return out, nil
+}
+
+// addSenderMembers puts the current member events of the chunk's senders
+// into the response's state (lazy-loading members).
+func (s *Service) addSenderMembers(ctx context.Context, roomID id.RoomID, out *Messages) error {
+	senders := map[id.UserID]bool{}
+	for _, e := range out.Chunk {
+		senders[e.Sender] = true
+	}
+	members, err := s.store.Members(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		if m.PDU.StateKey != nil && senders[id.UserID(*m.PDU.StateKey)] {
+			out.State = append(out.State, s.ToClient(m))
+		}
+	}
+	return nil
 }
 
 // visibilityFor builds the visibility checker for a reader, refusing

@@ -445,3 +445,20 @@ func (r *Rooms) AliasRoom(ctx context.Context, alias id.RoomAlias) (id.RoomID, e
 	err := r.db.pool.QueryRow(ctx, `SELECT room_id FROM room_aliases WHERE alias = $1`, alias).Scan(&rid)
 	return rid, roomNotFound(err)
 }
+
+// EventsByTime lists events from ts onward (or backward), for timestamp_to_event.
+func (r *Rooms) EventsByTime(ctx context.Context, roomID id.RoomID, ts int64, forward bool, limit int) ([]*room.Event, error) {
+	cond, order := "e.origin_server_ts >= $2", "ASC"
+	if !forward {
+		cond, order = "e.origin_server_ts <= $2", "DESC"
+	}
+	return collectEvents(r.db.pool.Query(ctx, `SELECT `+eventColumns+` FROM events e JOIN rooms r USING (room_id)
+		WHERE e.room_id = $1 AND `+cond+` AND NOT e.rejected
+		ORDER BY e.origin_server_ts `+order+`, e.stream_pos `+order+` LIMIT $3`, roomID, ts, limit))
+}
+
+// Forget records that user forgot roomID.
+func (r *Rooms) Forget(ctx context.Context, user id.UserID, roomID id.RoomID) error {
+	_, err := r.db.pool.Exec(ctx, `INSERT INTO forgotten_rooms (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, user, roomID)
+	return err
+}

@@ -1,0 +1,81 @@
+package room
+
+import (
+	"encoding/json"
+	"path"
+	"slices"
+
+	"github.com/tidwall/gjson"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+)
+
+// EventFilter is a RoomEventFilter (the /messages filter parameter and the
+// timeline/state parts of a sync filter).
+type EventFilter struct {
+	Types           []string    `json:"types"`
+	NotTypes        []string    `json:"not_types"`
+	Senders         []id.UserID `json:"senders"`
+	NotSenders      []id.UserID `json:"not_senders"`
+	Rooms           []id.RoomID `json:"rooms"`
+	NotRooms        []id.RoomID `json:"not_rooms"`
+	ContainsURL     *bool       `json:"contains_url"`
+	LazyLoadMembers bool        `json:"lazy_load_members"`
+	Limit           int         `json:"limit"`
+}
+
+// ParseEventFilter reads a filter given inline as JSON ("" = no filter).
+func ParseEventFilter(raw string) (*EventFilter, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	var f EventFilter
+	if err := json.Unmarshal([]byte(raw), &f); err != nil {
+		return nil, mautrix.MBadJSON.WithMessage("filter is not a valid RoomEventFilter: " + err.Error())
+	}
+	return &f, nil
+}
+
+// typeMatches applies the spec's "*" wildcards to event types.
+func typeMatches(patterns []string, typ string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, typ); ok || p == typ {
+			return true
+		}
+	}
+	return false
+}
+
+// Match reports whether e passes the filter (a nil filter passes all).
+func (f *EventFilter) Match(e *Event) bool {
+	if f == nil {
+		return true
+	}
+	p := e.PDU
+	if f.Types != nil && !typeMatches(f.Types, p.Type) {
+		return false
+	}
+	if typeMatches(f.NotTypes, p.Type) {
+		return false
+	}
+	if f.Senders != nil && !slices.Contains(f.Senders, p.Sender) {
+		return false
+	}
+	if slices.Contains(f.NotSenders, p.Sender) {
+		return false
+	}
+	if f.Rooms != nil && !slices.Contains(f.Rooms, e.RoomID) {
+		return false
+	}
+	if slices.Contains(f.NotRooms, e.RoomID) {
+		return false
+	}
+	if f.ContainsURL != nil {
+		url := gjson.GetBytes(p.Content, "url")
+		has := url.Exists() && url.Type == gjson.String
+		if has != *f.ContainsURL {
+			return false
+		}
+	}
+	return true
+}
