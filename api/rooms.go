@@ -335,3 +335,25 @@ func (s *server) ignoredUsers(r *http.Request, me id.UserID) map[id.UserID]bool 
 	}
 	return out
 }
+
+// POST /_matrix/client/v3/rooms/{roomId}/upgrade
+func (s *server) upgradeRoom(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		NewVersion         id.RoomVersion `json:"new_version"`
+		AdditionalCreators []id.UserID    `json:"additional_creators"`
+	}
+	if err := decodeJSON(r, &body); err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	if body.NewVersion == "" {
+		writeError(w, r, s.log, matrixError("M_MISSING_PARAM", "new_version is required"))
+		return
+	}
+	newRoom, err := s.opts.Rooms.Upgrade(r.Context(), requester(r).UserID, pathRoom(r), body.NewVersion, body.AdditionalCreators)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]id.RoomID{"replacement_room": newRoom})
+}

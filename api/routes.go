@@ -123,5 +123,6 @@ func (s *server) roomRoutes() []clientRoute {
 		{method: "PUT", path: "/rooms/{roomId}/redact/{eventId}/{txnId}", handler: s.redact, auth: true, r0: true},
 		{method: "GET", path: "/rooms/{roomId}/context/{eventId}", handler: s.roomContext, auth: true, r0: true},
 		{method: "POST", path: "/rooms/{roomId}/forget", handler: s.forget, auth: true, r0: true},
+		{method: "POST", path: "/rooms/{roomId}/upgrade", handler: s.upgradeRoom, auth: true, r0: true},
 	}
 }

@@ -462,3 +462,9 @@ func (r *Rooms) Forget(ctx context.Context, user id.UserID, roomID id.RoomID) er
 	_, err := r.db.pool.Exec(ctx, `INSERT INTO forgotten_rooms (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, user, roomID)
 	return err
 }
+
+// MoveAliases points every local alias of a room at another (room upgrades).
+func (r *Rooms) MoveAliases(ctx context.Context, from, to id.RoomID) error {
+	_, err := r.db.pool.Exec(ctx, `UPDATE room_aliases SET room_id = $2 WHERE room_id = $1`, from, to)
+	return err
+}
