@@ -110,6 +110,7 @@ func NewRouter(opts Options) http.Handler {
 	if opts.Accounts != nil {
 		s.mountClient(r, "/_matrix/client", s.v3Routes())
 		s.mountV1(r)
+		s.mountRelations(r)
 		s.mountSynapseAdmin(r)
 	}
 	if opts.Gatherer != nil {

@@ -75,6 +75,7 @@ func (s *server) v3Routes() []clientRoute {
 	}
 	if s.opts.Rooms != nil {
 		routes = append(routes, s.roomRoutes()...)
+		routes = append(routes, s.directoryRoutes()...)
 	}
 	return routes
 }

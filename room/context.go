@@ -43,7 +43,11 @@ func (s *Service) Context(ctx context.Context, user id.UserID, roomID id.RoomID,
 	}
 	limit = min(limit, maxMessagesLimit)
 	before, after := limit/2, limit-limit/2
-	res := &ContextResult{Event: s.ToClient(e), EventsBefore: []ClientEvent{}, EventsAfter: []ClientEvent{}}
+	ev := []ClientEvent{s.ToClient(e)}
+	if err := s.bundleAggregations(ctx, vis, ignored, ev); err != nil {
+		return nil, err
+	}
+	res := &ContextResult{Event: ev[0], EventsBefore: []ClientEvent{}, EventsAfter: []ClientEvent{}}
 	b, err := s.Messages(ctx, MessagesParams{User: user, RoomID: roomID, From: Token(e.StreamPos - 1).String(), Backward: true, Limit: before, Ignored: ignored})
 	if err != nil {
 		return nil, err

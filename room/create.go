@@ -102,8 +102,21 @@ func (s *Service) Create(ctx context.Context, p CreateParams) (id.RoomID, error)
 		delete(createContent, "creator")
 	}
 	if preset == "trusted_private_chat" && version.PrivilegedRoomCreators() && len(p.Invite) > 0 {
-		// v12: the way to give invitees the creator's power is to make them creators.
-		createContent["additional_creators"] = p.Invite
+		// v12: the way to give invitees the creator's power is to make them
+		// creators, added to any creation_content gave (deduplicated, as
+		// createRoom's creation_content asks).
+		var creators []string
+		if raw, ok := p.CreationContent["additional_creators"]; ok {
+			if err := json.Unmarshal(raw, &creators); err != nil {
+				return "", mautrix.MBadJSON.WithMessage("creation_content.additional_creators must be an array of user IDs")
+			}
+		}
+		for _, inv := range p.Invite {
+			if !slices.Contains(creators, string(inv)) {
+				creators = append(creators, string(inv))
+			}
+		}
+		createContent["additional_creators"] = creators
 	}
 
 	for attempt := 0; ; attempt++ {
@@ -136,7 +149,7 @@ func (s *Service) create(ctx context.Context, p CreateParams, version id.RoomVer
 		roomID = rid
 	}
 
-	err := s.store.CreateRoom(ctx, roomID, version, func(tx Tx) error {
+	err := s.inNewRoom(ctx, roomID, version, func(tx Tx) error {
 		steps := []eventRequest{
 			{Type: "m.room.create", StateKey: strptr(""), Content: mustJSON(createContent), TS: createTS},
 		}

@@ -70,31 +70,91 @@ func ParseToken(s string) (Token, error) {
 // visibility answers "may this user see this event?" following the spec's
 // history visibility rules, caching per state snapshot.
 type visibility struct {
-	s       *Service
-	ctx     context.Context
-	user    id.UserID
-	room    id.RoomID
-	joined  bool // the user is joined now
-	cache   map[int64]bool
-	snapGet func(snapshot int64) (hv, membership string, err error)
+	s      *Service
+	ctx    context.Context
+	user   id.UserID
+	room   id.RoomID
+	joined bool // the user is joined now
+	// joinedUntil, for a user not joined now, is the stream position of
+	// the event that last took them out of join (0: never joined). They
+	// were joined at some point after every event below it.
+	joinedUntil int64
+	cache       map[int64][2]string // snapshot -> history_visibility, membership
+	snapGet     func(snapshot int64) (hv, membership string, err error)
 }
 
-// allowed implements the spec's rules: world_readable always; the user's
-// membership at the event is join; shared and the user is (now) joined;
-// invited and the user was invited at the event.
+// allowed implements the spec's rules on the state at the event:
+// world_readable always; the user's membership is join; shared and the
+// user joined at some point after the event; invited and the user was
+// invited. A history_visibility event, and the user's own member event, is
+// visible if the rules allow it with the state before or after it.
 func (v *visibility) allowed(e *Event) (bool, error) {
-	if ok, hit := v.cache[e.StateBefore]; hit {
-		return ok, nil
+	at, hit := v.cache[e.StateBefore]
+	if !hit {
+		hv, membership, err := v.snapGet(e.StateBefore)
+		if err != nil {
+			return false, err
+		}
+		at = [2]string{hv, membership}
+		v.cache[e.StateBefore] = at
 	}
-	hv, membership, err := v.snapGet(e.StateBefore)
-	if err != nil {
-		return false, err
+	hv, membership := at[0], at[1]
+	if v.rule(e, hv, membership) {
+		return true, nil
 	}
-	ok := hv == "world_readable" || membership == "join" ||
-		(hv == "shared" || hv == "") && v.joined ||
-		hv == "invited" && (membership == "invite" || membership == "join")
-	v.cache[e.StateBefore] = ok
-	return ok, nil
+	if p := e.PDU; p != nil && p.StateKey != nil {
+		switch {
+		case p.Type == "m.room.history_visibility" && *p.StateKey == "":
+			return v.rule(e, gjson.GetBytes(p.Content, "history_visibility").Str, membership), nil
+		case p.Type == "m.room.member" && *p.StateKey == string(v.user):
+			return v.rule(e, hv, gjson.GetBytes(p.Content, "membership").Str), nil
+		}
+	}
+	return false, nil
+}
+
+func (v *visibility) rule(e *Event, hv, membership string) bool {
+	switch hv {
+	case "world_readable", "shared", "invited", "joined":
+	default:
+		hv = "shared" // unset or not understood
+	}
+	return hv == "world_readable" || membership == "join" ||
+		hv == "shared" && (v.joined || e.StreamPos > 0 && e.StreamPos < v.joinedUntil) ||
+		hv == "invited" && membership == "invite"
+}
+
+// joinedUntil walks back from the user's current member event (not join)
+// to the one that took them out of join, and returns its stream position;
+// 0 if they never joined.
+func (s *Service) joinedUntil(ctx context.Context, roomID id.RoomID, user id.UserID, memberEvent id.EventID) (int64, error) {
+	cur := memberEvent
+	for range 100 { // a bound against pathological membership churn
+		e, err := s.store.Event(ctx, cur)
+		if errors.Is(err, ErrNotFound) {
+			return 0, nil
+		} else if err != nil {
+			return 0, err
+		}
+		state, err := s.store.StateAt(ctx, roomID, cur, false)
+		if err != nil {
+			return 0, err
+		}
+		var prev *Event
+		for _, st := range state {
+			if st.PDU.Type == "m.room.member" && st.PDU.StateKey != nil && *st.PDU.StateKey == string(user) {
+				prev = st
+			}
+		}
+		if prev == nil {
+			return 0, nil
+		}
+		if gjson.GetBytes(prev.PDU.Content, "membership").Str == "join" {
+			return e.StreamPos, nil
+		}
+		cur = prev.ID
+	}
+	return 0, nil
 }
 
 // Reader is the read side of the store needed for visibility checks.
@@ -222,6 +282,9 @@ func (s *Service) Messages(ctx context.Context, p MessagesParams) (*Messages, er
 	if !exhausted {
 		out.End = Token(cursor).String()
 	}
+	if err := s.bundleAggregations(ctx, vis, p.Ignored, out.Chunk); err != nil {
+		return nil, err
+	}
 	if p.Filter != nil && p.Filter.LazyLoadMembers && len(out.Chunk) > 0 {
 		if err := s.addSenderMembers(ctx, p.RoomID, out); err != nil {
 			return nil, err
@@ -257,7 +320,7 @@ func (s *Service) visibilityFor(ctx context.Context, user id.UserID, roomID id.R
 	} else if err != nil {
 		return nil, "", err
 	}
-	membership, _, err := s.store.Membership(ctx, roomID, user)
+	membership, memberEvent, err := s.store.Membership(ctx, roomID, user)
 	if err != nil {
 		return nil, "", err
 	}
@@ -274,8 +337,13 @@ func (s *Service) visibilityFor(ctx context.Context, user id.UserID, roomID id.R
 	if !ok {
 		return nil, "", fmt.Errorf("store cannot read snapshots")
 	}
-	v := &visibility{s: s, ctx: ctx, user: user, room: roomID, joined: membership == "join", cache: map[int64]bool{},
+	v := &visibility{s: s, ctx: ctx, user: user, room: roomID, joined: membership == "join", cache: map[int64][2]string{},
 		snapGet: func(snap int64) (string, string, error) { return sr.SnapshotVisibility(ctx, snap, user) }}
+	if !v.joined && memberEvent != "" {
+		if v.joinedUntil, err = s.joinedUntil(ctx, roomID, user, memberEvent); err != nil {
+			return nil, "", err
+		}
+	}
 	return v, membership, nil
 }
 
@@ -359,8 +427,11 @@ func (s *Service) Event(ctx context.Context, user id.UserID, roomID id.RoomID, e
 	if !ok {
 		return nil, errNotFound("Event not found")
 	}
-	ce := s.ToClient(e)
-	return &ce, nil
+	evs := []ClientEvent{s.ToClient(e)}
+	if err := s.bundleAggregations(ctx, vis, nil, evs); err != nil {
+		return nil, err
+	}
+	return &evs[0], nil
 }
 
 // Members is GET /rooms/{roomId}/members (membership / not_membership filters).

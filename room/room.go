@@ -49,6 +49,7 @@ type Service struct {
 	profiles Profiles
 	log      *slog.Logger
 	now      func() time.Time
+	batch    *batcher
 }
 
 // New builds the room service.
@@ -59,7 +60,7 @@ func New(cfg Config, store Store, profiles Profiles, log *slog.Logger) *Service 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{cfg: cfg, store: store, profiles: profiles, log: log, now: time.Now}
+	return &Service{cfg: cfg, store: store, profiles: profiles, log: log, now: time.Now, batch: &batcher{run: store.Batch}}
 }
 
 // SupportedVersions are the room versions Weft creates and joins.
@@ -227,15 +228,6 @@ func checkCanonical(v any, path string) error {
 		}
 	}
 	return nil
-}
-
-// inRoom runs fn with the room locked, mapping an unknown room to M_NOT_FOUND.
-func (s *Service) inRoom(ctx context.Context, roomID id.RoomID, fn func(Tx) error) error {
-	err := s.store.InRoomTx(ctx, roomID, fn)
-	if errors.Is(err, ErrNotFound) {
-		return errNotFound("Unknown room")
-	}
-	return err
 }
 
 // createEventID is the event ID of a v12 room's create event.

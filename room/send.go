@@ -30,16 +30,28 @@ func (s *Service) Send(ctx context.Context, p SendParams) (id.EventID, error) {
 		return "", mautrix.MInvalidParam.WithMessage("Invalid event type")
 	}
 	var eventID id.EventID
+	txn := txnScope(p.TxnID, "send", string(p.RoomID), p.Type)
 	err := s.inRoom(ctx, p.RoomID, func(tx Tx) error {
-		if prev, ok, err := tx.TxnEvent(p.Sender, p.Device, p.TxnID); err != nil || ok {
+		if prev, ok, err := tx.TxnEvent(p.Sender, p.Device, txn); err != nil || ok {
 			eventID = prev
 			return err
 		}
 		var err error
-		eventID, err = s.appendEvent(tx, eventRequest{Sender: p.Sender, Type: p.Type, Content: p.Content, TxnDevice: p.Device, TxnID: p.TxnID})
+		eventID, err = s.appendEvent(tx, eventRequest{Sender: p.Sender, Type: p.Type, Content: p.Content, TxnDevice: p.Device, TxnID: txn})
 		return err
 	})
 	return eventID, err
+}
+
+// txnScope is the key a client transaction ID is stored under. The spec
+// scopes a transaction ID to one device and one request path, so the same
+// ID sent to another room, event type or endpoint is a new request, not a
+// retry. "" (no transaction) stays "".
+func txnScope(txnID, endpoint string, path ...string) string {
+	if txnID == "" {
+		return ""
+	}
+	return string(mustJSON(append([]string{endpoint}, append(path, txnID)...)))
 }
 
 // SetState is PUT /rooms/{roomId}/state/{eventType}/{stateKey}. Content equal
@@ -129,8 +141,9 @@ func (s *Service) checkCanonicalAlias(tx Tx, content json.RawMessage) error {
 // someone with the redact power level may redact.
 func (s *Service) Redact(ctx context.Context, sender id.UserID, device id.DeviceID, roomID id.RoomID, target id.EventID, txnID, reason string) (id.EventID, error) {
 	var eventID id.EventID
+	txn := txnScope(txnID, "redact", string(roomID), string(target))
 	err := s.inRoom(ctx, roomID, func(tx Tx) error {
-		if prev, ok, err := tx.TxnEvent(sender, device, txnID); err != nil || ok {
+		if prev, ok, err := tx.TxnEvent(sender, device, txn); err != nil || ok {
 			eventID = prev
 			return err
 		}
@@ -158,7 +171,7 @@ func (s *Service) Redact(ctx context.Context, sender id.UserID, device id.Device
 		if tx.RoomVersion().RedactsInContent() {
 			content["redacts"] = target
 		}
-		eventID, err = s.appendEvent(tx, eventRequest{Sender: sender, Type: "m.room.redaction", Content: mustJSON(content), Redacts: target, TxnDevice: device, TxnID: txnID})
+		eventID, err = s.appendEvent(tx, eventRequest{Sender: sender, Type: "m.room.redaction", Content: mustJSON(content), Redacts: target, TxnDevice: device, TxnID: txn})
 		return err
 	})
 	return eventID, err

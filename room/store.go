@@ -56,12 +56,9 @@ type Tx interface {
 
 // Store is the persistence of rooms.
 type Store interface {
-	// CreateRoom inserts the room and runs fn on it (the room is new, so
-	// nobody else can be appending to it).
-	CreateRoom(ctx context.Context, roomID id.RoomID, version id.RoomVersion, fn func(Tx) error) error
-	// InRoomTx locks roomID for appends (other rooms go on in parallel) and
-	// runs fn; ErrNotFound for an unknown room.
-	InRoomTx(ctx context.Context, roomID id.RoomID, fn func(Tx) error) error
+	// Batch runs fn in one write transaction, committed once when fn
+	// returns nil. All room writes go through it (see batcher).
+	Batch(ctx context.Context, fn func(BatchTx) error) error
 
 	RoomVersion(ctx context.Context, roomID id.RoomID) (id.RoomVersion, error)
 	Event(ctx context.Context, eventID id.EventID) (*Event, error)

@@ -16,10 +16,13 @@ import (
 )
 
 // Rooms implements room.Store.
-type Rooms struct{ db *DB }
+type Rooms struct {
+	db   *DB
+	pdus *pduCache
+}
 
 // Rooms returns the room store.
-func (db *DB) Rooms() *Rooms { return &Rooms{db: db} }
+func (db *DB) Rooms() *Rooms { return &Rooms{db: db, pdus: newPDUCache(50_000)} }
 
 var _ room.Store = (*Rooms)(nil)
 
@@ -39,39 +42,113 @@ type roomTx struct {
 	tx      pgx.Tx
 	roomID  id.RoomID
 	version id.RoomVersion
+	batch   *batchTx
+	pdus    *pduCache
+
+	// While this transaction holds the room's row lock nobody else can
+	// change the room, so what it has read is cached until it ends:
+	// head (extremities, depth, snapshot) and current state IDs
+	// ("" = known absent). Append keeps both up to date.
+	headLoaded bool
+	prev       []id.EventID
+	depth      int64
+	snap       int64
+	chainLen   int64
+	state      map[pdu.StateKey]id.EventID
 }
 
-func (r *Rooms) CreateRoom(ctx context.Context, roomID id.RoomID, version id.RoomVersion, fn func(room.Tx) error) error {
+// batchTx is one batch's transaction: the rooms it has locked so far.
+type batchTx struct {
+	ctx   context.Context
+	tx    pgx.Tx
+	rooms map[id.RoomID]*roomTx
+	pdus  *pduCache
+	// streamLocked: this transaction holds the stream lock (see stream.go).
+	streamLocked bool
+}
+
+func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 	return r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO rooms (room_id, room_version) VALUES ($1, $2)`, roomID, version); isUniqueViolation(err) {
-			return room.ErrRoomExists
-		} else if err != nil {
-			return fmt.Errorf("inserting room: %w", err)
-		}
-		return fn(&roomTx{ctx: ctx, tx: tx, roomID: roomID, version: version})
+		return fn(&batchTx{ctx: ctx, tx: tx, rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus})
 	})
 }
 
-func (r *Rooms) InRoomTx(ctx context.Context, roomID id.RoomID, fn func(room.Tx) error) error {
-	return r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		// The row lock serialises appends to this room; other rooms' rows
-		// are untouched, so their appends proceed in parallel.
-		var version id.RoomVersion
-		if err := tx.QueryRow(ctx, `SELECT room_version FROM rooms WHERE room_id = $1 FOR UPDATE`, roomID).Scan(&version); err != nil {
-			return roomNotFound(err)
-		}
-		return fn(&roomTx{ctx: ctx, tx: tx, roomID: roomID, version: version})
-	})
+// Room locks the room's row for the rest of the transaction: appends to one
+// room are serialised; other rooms' rows are untouched.
+func (b *batchTx) Room(roomID id.RoomID) (room.Tx, error) {
+	if t, ok := b.rooms[roomID]; ok {
+		return t, nil
+	}
+	var version id.RoomVersion
+	if err := b.tx.QueryRow(b.ctx, `SELECT room_version FROM rooms WHERE room_id = $1 FOR UPDATE`, roomID).Scan(&version); err != nil {
+		return nil, roomNotFound(err)
+	}
+	t := b.newHandle(roomID, version)
+	return t, nil
+}
+
+func (b *batchTx) newHandle(roomID id.RoomID, version id.RoomVersion) *roomTx {
+	t := &roomTx{ctx: b.ctx, tx: b.tx, roomID: roomID, version: version, batch: b, pdus: b.pdus, state: map[pdu.StateKey]id.EventID{}}
+	b.rooms[roomID] = t
+	return t
+}
+
+func (b *batchTx) NewRoom(roomID id.RoomID, version id.RoomVersion) (room.Tx, error) {
+	if _, err := b.tx.Exec(b.ctx, `INSERT INTO rooms (room_id, room_version) VALUES ($1, $2)`, roomID, version); isUniqueViolation(err) {
+		return nil, room.ErrRoomExists
+	} else if err != nil {
+		return nil, fmt.Errorf("inserting room: %w", err)
+	}
+	t := b.newHandle(roomID, version)
+	t.headLoaded = true // a new room has no head yet
+	return t, nil
+}
+
+// A job that fails is rolled back to its savepoint; the room handles it
+// touched are forgotten, as their cached heads may be gone with it.
+func (b *batchTx) Savepoint() error {
+	_, err := b.tx.Exec(b.ctx, "SAVEPOINT job")
+	return err
+}
+
+func (b *batchTx) Release() error {
+	_, err := b.tx.Exec(b.ctx, "RELEASE SAVEPOINT job")
+	return err
+}
+
+func (b *batchTx) Rollback() error {
+	// Row locks stay held; the handles (and their caches) are rebuilt on
+	// next use. The stream lock, if taken inside the job, is released by
+	// the rollback only if it was first taken there, so forget it too.
+	clear(b.rooms)
+	b.streamLocked = false
+	_, err := b.tx.Exec(b.ctx, "ROLLBACK TO SAVEPOINT job")
+	return err
 }
 
 func (t *roomTx) RoomID() id.RoomID           { return t.roomID }
 func (t *roomTx) RoomVersion() id.RoomVersion { return t.version }
 
 func (t *roomTx) CurrentStateIDs(keys []pdu.StateKey) (map[pdu.StateKey]id.EventID, error) {
-	types := make([]string, len(keys))
-	skeys := make([]string, len(keys))
-	for i, k := range keys {
+	out := map[pdu.StateKey]id.EventID{}
+	var missing []pdu.StateKey
+	for _, k := range keys {
+		if eid, ok := t.state[k]; ok {
+			if eid != "" {
+				out[k] = eid
+			}
+		} else {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	types := make([]string, len(missing))
+	skeys := make([]string, len(missing))
+	for i, k := range missing {
 		types[i], skeys[i] = k.Type, k.StateKey
+		t.state[k] = "" // absent unless found below
 	}
 	rows, err := t.tx.Query(t.ctx, `SELECT c.type, c.state_key, c.event_id FROM current_state c
 		JOIN unnest($2::text[], $3::text[]) AS k(type, state_key) ON c.type = k.type AND c.state_key = k.state_key
@@ -80,7 +157,6 @@ func (t *roomTx) CurrentStateIDs(keys []pdu.StateKey) (map[pdu.StateKey]id.Event
 		return nil, err
 	}
 	defer rows.Close()
-	out := map[pdu.StateKey]id.EventID{}
 	for rows.Next() {
 		var k pdu.StateKey
 		var eid id.EventID
@@ -88,12 +164,33 @@ func (t *roomTx) CurrentStateIDs(keys []pdu.StateKey) (map[pdu.StateKey]id.Event
 			return nil, err
 		}
 		out[k] = eid
+		t.state[k] = eid
 	}
 	return out, rows.Err()
 }
 
 func (t *roomTx) Events(ids []id.EventID) (map[id.EventID]*pdu.PDU, error) {
-	return loadPDUs(t.ctx, t.tx, ids)
+	out := map[id.EventID]*pdu.PDU{}
+	var missing []id.EventID
+	for _, eid := range ids {
+		if p := t.pdus.get(eid); p != nil {
+			out[eid] = p
+		} else {
+			missing = append(missing, eid)
+		}
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	found, err := loadPDUs(t.ctx, t.tx, missing)
+	if err != nil {
+		return nil, err
+	}
+	for eid, p := range found {
+		t.pdus.put(eid, p)
+		out[eid] = p
+	}
+	return out, nil
 }
 
 // querier is a pool or a transaction.
@@ -137,20 +234,31 @@ func parsePDU(raw string) (*pdu.PDU, error) {
 }
 
 func (t *roomTx) Head() ([]id.EventID, int64, error) {
-	rows, err := t.tx.Query(t.ctx, `SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id`, t.roomID)
-	if err != nil {
+	if err := t.loadHead(); err != nil {
 		return nil, 0, err
 	}
-	prev, err := pgx.CollectRows(rows, pgx.RowTo[id.EventID])
-	if err != nil {
-		return nil, 0, err
+	return t.prev, t.depth, nil
+}
+
+// loadHead reads extremities, depth and the head snapshot in one query.
+func (t *roomTx) loadHead() error {
+	if t.headLoaded {
+		return nil
 	}
-	var depth int64
-	err = t.tx.QueryRow(t.ctx, `SELECT depth FROM room_heads WHERE room_id = $1`, t.roomID).Scan(&depth)
+	var prev []string
+	err := t.tx.QueryRow(t.ctx, `SELECT h.depth, h.snapshot_id, s.chain_len,
+			coalesce((SELECT array_agg(event_id ORDER BY event_id) FROM forward_extremities WHERE room_id = $1), '{}')
+		FROM room_heads h JOIN state_snapshots s USING (snapshot_id) WHERE h.room_id = $1`, t.roomID).
+		Scan(&t.depth, &t.snap, &t.chainLen, &prev)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return nil, 0, err
+		return fmt.Errorf("reading room head: %w", err)
 	}
-	return prev, depth, nil
+	t.prev = make([]id.EventID, len(prev))
+	for i, p := range prev {
+		t.prev[i] = id.EventID(p)
+	}
+	t.headLoaded = true
+	return nil
 }
 
 func (t *roomTx) TxnEvent(sender id.UserID, device id.DeviceID, txnID string) (id.EventID, bool, error) {
@@ -167,98 +275,97 @@ func (t *roomTx) TxnEvent(sender id.UserID, device id.DeviceID, txnID string) (i
 
 // Append stores the event as the room's new single head. Local rooms are
 // linear: the new event's prev_events were all the extremities, so it
-// replaces them.
+// replaces them. The writes go to Postgres as one pipelined batch.
 func (t *roomTx) Append(e *room.Appended) (int64, error) {
 	ctx, tx := t.ctx, t.tx
-	var headSnap, chainLen int64
-	err := tx.QueryRow(ctx, `SELECT h.snapshot_id, s.chain_len FROM room_heads h JOIN state_snapshots s USING (snapshot_id) WHERE h.room_id = $1`, t.roomID).Scan(&headSnap, &chainLen)
-	if errors.Is(err, pgx.ErrNoRows) {
-		// First event of a new room: the state before it is empty.
-		if err := tx.QueryRow(ctx, `INSERT INTO state_snapshots (room_id, chain_len) VALUES ($1, 0) RETURNING snapshot_id`, t.roomID).Scan(&headSnap); err != nil {
-			return 0, fmt.Errorf("creating root snapshot: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO room_heads (room_id, snapshot_id, depth) VALUES ($1, $2, 0)`, t.roomID, headSnap); err != nil {
-			return 0, err
-		}
-	} else if err != nil {
-		return 0, fmt.Errorf("reading room head: %w", err)
-	}
-
-	relatesTo := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.event_id").Str
-	relType := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.rel_type").Str
-	// The stream position is taken last, just before the writes that need
-	// it: the stream lock is held from here to COMMIT.
-	pos, err := nextStreamPos(ctx, tx)
-	if err != nil {
+	if err := t.loadHead(); err != nil {
 		return 0, err
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, nullif($11, ''), nullif($12, ''))`,
-		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, pos, headSnap, string(e.Raw), relatesTo, relType)
-	if err != nil {
-		return 0, fmt.Errorf("inserting event: %w", err)
+	if t.snap == 0 {
+		// First event of a new room: the state before it is empty.
+		if err := tx.QueryRow(ctx, `WITH s AS (INSERT INTO state_snapshots (room_id, chain_len) VALUES ($1, 0) RETURNING snapshot_id)
+			INSERT INTO room_heads (room_id, snapshot_id, depth) SELECT $1, snapshot_id, 0 FROM s RETURNING snapshot_id`, t.roomID).Scan(&t.snap); err != nil {
+			return 0, fmt.Errorf("creating root snapshot: %w", err)
+		}
 	}
-	newSnap := headSnap
+	if !t.batch.streamLocked {
+		// From here to COMMIT this transaction holds the stream lock: the
+		// positions it takes become visible in order (stream.go).
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", streamLockID); err != nil {
+			return 0, fmt.Errorf("taking the stream lock: %w", err)
+		}
+		t.batch.streamLocked = true
+	}
+	newSnap, newChain := t.snap, t.chainLen
 	if e.PDU.StateKey != nil {
-		newSnap, err = t.addToSnapshot(headSnap, chainLen, e)
-		if err != nil {
+		var err error
+		if newSnap, newChain, err = t.addToSnapshot(e); err != nil {
 			return 0, err
 		}
+	}
+	relatesTo := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.event_id").Str
+	relType := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.rel_type").Str
+	var pos int64
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, '')) RETURNING stream_pos`,
+		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, t.snap, string(e.Raw), relatesTo, relType).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&pos) })
+	if e.PDU.StateKey != nil {
 		var membership *string
 		if e.PDU.Type == "m.room.member" {
 			m := gjson.GetBytes(e.PDU.Content, "membership").Str
 			membership = &m
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES ($1, $2, $3, $4, $5)
+		b.Queue(`INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id, membership = EXCLUDED.membership`,
-			t.roomID, e.PDU.Type, *e.PDU.StateKey, e.ID, membership); err != nil {
-			return 0, fmt.Errorf("updating current state: %w", err)
-		}
+			t.roomID, e.PDU.Type, *e.PDU.StateKey, e.ID, membership)
 	}
-	if _, err := tx.Exec(ctx, `UPDATE room_heads SET snapshot_id = $2, depth = $3 WHERE room_id = $1`, t.roomID, newSnap, e.PDU.Depth); err != nil {
-		return 0, err
-	}
-	if _, err := tx.Exec(ctx, `DELETE FROM forward_extremities WHERE room_id = $1`, t.roomID); err != nil {
-		return 0, err
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, t.roomID, e.ID); err != nil {
-		return 0, err
-	}
+	b.Queue(`UPDATE room_heads SET snapshot_id = $2, depth = $3 WHERE room_id = $1`, t.roomID, newSnap, e.PDU.Depth)
+	b.Queue(`WITH gone AS (DELETE FROM forward_extremities WHERE room_id = $1)
+		INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, t.roomID, e.ID)
 	if e.TxnID != "" {
-		if _, err := tx.Exec(ctx, `INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)`, e.PDU.Sender, e.TxnDevice, e.TxnID, e.ID); err != nil {
-			return 0, fmt.Errorf("recording transaction ID: %w", err)
-		}
+		b.Queue(`INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)`, e.PDU.Sender, e.TxnDevice, e.TxnID, e.ID)
 	}
 	if e.Redacts != "" {
-		if _, err := tx.Exec(ctx, `UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3 AND redacted_by IS NULL`, e.Redacts, e.ID, t.roomID); err != nil {
-			return 0, err
-		}
+		b.Queue(`UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3 AND redacted_by IS NULL`, e.Redacts, e.ID, t.roomID)
 	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return 0, fmt.Errorf("appending event: %w", err)
+	}
+	t.prev, t.depth, t.snap, t.chainLen = []id.EventID{e.ID}, e.PDU.Depth, newSnap, newChain
+	if e.PDU.StateKey != nil {
+		t.state[pdu.StateKey{Type: e.PDU.Type, StateKey: *e.PDU.StateKey}] = e.ID
+	}
+	t.pdus.put(e.ID, e.PDU)
 	return pos, nil
 }
 
 // addToSnapshot writes the snapshot "head plus this state event": a delta
 // of one entry, or a full copy once the chain is snapshotRebase long.
-func (t *roomTx) addToSnapshot(head, chainLen int64, e *room.Appended) (int64, error) {
+func (t *roomTx) addToSnapshot(e *room.Appended) (int64, int64, error) {
 	ctx, tx := t.ctx, t.tx
 	var snap int64
-	if chainLen+1 < snapshotRebase {
-		if err := tx.QueryRow(ctx, `INSERT INTO state_snapshots (room_id, parent_id, chain_len) VALUES ($1, $2, $3) RETURNING snapshot_id`,
-			t.roomID, head, chainLen+1).Scan(&snap); err != nil {
-			return 0, err
+	chain := t.chainLen + 1
+	if chain < snapshotRebase {
+		if err := tx.QueryRow(ctx, `WITH s AS (INSERT INTO state_snapshots (room_id, parent_id, chain_len) VALUES ($1, $2, $3) RETURNING snapshot_id)
+			INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id) SELECT snapshot_id, $4, $5, $6 FROM s RETURNING snapshot_id`,
+			t.roomID, t.snap, chain, e.PDU.Type, *e.PDU.StateKey, e.ID).Scan(&snap); err != nil {
+			return 0, 0, fmt.Errorf("writing state snapshot: %w", err)
 		}
-	} else {
-		if err := tx.QueryRow(ctx, `INSERT INTO state_snapshots (room_id, chain_len) VALUES ($1, 0) RETURNING snapshot_id`, t.roomID).Scan(&snap); err != nil {
-			return 0, err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id)
-			SELECT $1, type, state_key, event_id FROM (`+resolveSnapshotSQL+`) s`, snap, head); err != nil {
-			return 0, fmt.Errorf("copying snapshot: %w", err)
-		}
+		return snap, chain, nil
+	}
+	chain = 0
+	if err := tx.QueryRow(ctx, `INSERT INTO state_snapshots (room_id, chain_len) VALUES ($1, 0) RETURNING snapshot_id`, t.roomID).Scan(&snap); err != nil {
+		return 0, 0, err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id)
+		SELECT $1, type, state_key, event_id FROM (`+resolveSnapshotSQL+`) s`, snap, t.snap); err != nil {
+		return 0, 0, fmt.Errorf("copying snapshot: %w", err)
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (snapshot_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id`, snap, e.PDU.Type, *e.PDU.StateKey, e.ID)
-	return snap, err
+	return snap, chain, err
 }
 
 // resolveSnapshotSQL lists the state of snapshot $2 (as type, state_key,

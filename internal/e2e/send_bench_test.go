@@ -1,0 +1,92 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+)
+
+// BenchmarkSend measures PUT /rooms/{id}/send through the real binary on the
+// embedded PostgreSQL (durable: fsync and synchronous_commit on), into one
+// room and spread over 16 rooms, with 1 and 16 concurrent clients. It
+// reports events/s and the p50/p99 latency of a send.
+//
+//	GOTOOLCHAIN=auto go test -run '^$' -bench Send -benchtime 2000x ./internal/e2e/
+func BenchmarkSend(b *testing.B) {
+	srv := Start(b, Options{Env: map[string]string{
+		"WEFT_DATABASE_URL": "", "WEFT_REGISTRATION_MODE": "open", "WEFT_PASSWORDS_BCRYPT_COST": "4",
+		"WEFT_RATE_LIMITS_ENABLED": "false", "WEFT_LOG_LEVEL": "warn",
+	}})
+	ctx := context.Background()
+	cli := srv.Client()
+	resp, err := cli.RegisterDummy(ctx, &mautrix.ReqRegister[any]{Username: "bench", Password: "bench-password"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	token := resp.AccessToken
+	cli.SetCredentials(resp.UserID, token)
+	rooms := make([]id.RoomID, 16)
+	for i := range rooms {
+		r, err := cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rooms[i] = r.RoomID
+	}
+	transport := &http.Transport{MaxIdleConnsPerHost: 64}
+	hc := &http.Client{Transport: transport}
+	var txn atomic.Int64
+	for _, spread := range []int{1, 16} {
+		for _, conc := range []int{1, 16} {
+			b.Run(fmt.Sprintf("rooms=%d/clients=%d", spread, conc), func(b *testing.B) {
+				n := b.N
+				lat := make([]time.Duration, n)
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				start := time.Now()
+				for w := range conc {
+					wg.Go(func() {
+						for {
+							i := int(next.Add(1)) - 1
+							if i >= n {
+								return
+							}
+							roomID := rooms[(w+i)%spread]
+							u := fmt.Sprintf("%s/_matrix/client/v3/rooms/%s/send/m.room.message/b%d", srv.URL, url.PathEscape(string(roomID)), txn.Add(1))
+							req, _ := http.NewRequest("PUT", u, bytes.NewReader([]byte(`{"msgtype":"m.text","body":"benchmark message"}`)))
+							req.Header.Set("Authorization", "Bearer "+token)
+							t0 := time.Now()
+							res, err := hc.Do(req)
+							if err != nil {
+								b.Error(err)
+								return
+							}
+							res.Body.Close()
+							lat[i] = time.Since(t0)
+							if res.StatusCode != 200 {
+								b.Errorf("status %d", res.StatusCode)
+								return
+							}
+						}
+					})
+				}
+				wg.Wait()
+				elapsed := time.Since(start)
+				sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+				b.ReportMetric(float64(n)/elapsed.Seconds(), "events/s")
+				b.ReportMetric(float64(lat[n/2].Microseconds())/1000, "p50-ms")
+				b.ReportMetric(float64(lat[n*99/100].Microseconds())/1000, "p99-ms")
+			})
+		}
+	}
+}
