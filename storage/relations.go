@@ -68,7 +68,7 @@ func (r *Rooms) RelationCandidates(ctx context.Context, q room.CandidateQuery) (
 				row_number() OVER (PARTITION BY c.relates_to ORDER BY c.origin_server_ts DESC, c.event_id COLLATE "C" DESC) AS rn
 			FROM events c JOIN events p ON p.event_id = c.relates_to
 			WHERE `+base+` AND c.rel_type = 'm.replace' AND c.state_key IS NULL AND p.state_key IS NULL
-				AND c.type = p.type AND p.room_id = c.room_id
+				AND c.sender = p.sender AND c.type = p.type AND p.room_id = c.room_id
 				AND (c.type = 'm.room.encrypted' OR json_typeof(c.pdu->'content'->'m.new_content') = 'object')
 		) x WHERE rn <= $6
 		UNION ALL
