@@ -22,8 +22,10 @@ type BatchTx interface {
 	Rollback() error
 }
 
-// maxBatch bounds the jobs that share one commit.
-const maxBatch = 128
+// maxBatch bounds the jobs that share one commit. Each job is a savepoint
+// (a subtransaction); Postgres tracks up to 64 of them per transaction
+// cheaply, so batches stay below that.
+const maxBatch = 48
 
 // batchTimeout bounds one batch transaction.
 const batchTimeout = 30 * time.Second

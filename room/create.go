@@ -306,5 +306,22 @@ func powerLevels(version id.RoomVersion, p CreateParams, preset string) (json.Ra
 	for _, k := range keys {
 		pl[k] = p.PowerLevelContentOverride[k]
 	}
+	if version.PrivilegedRoomCreators() {
+		// v12 creators have unlimited power and the auth rules refuse them
+		// in users; clients written for older versions still list them.
+		if raw, ok := pl["users"].(json.RawMessage); ok {
+			var users map[string]json.RawMessage
+			if err := json.Unmarshal(raw, &users); err != nil {
+				return nil, mautrix.MBadJSON.WithMessage("power_level_content_override.users must be an object")
+			}
+			delete(users, string(p.Creator))
+			if preset == "trusted_private_chat" {
+				for _, inv := range p.Invite {
+					delete(users, string(inv))
+				}
+			}
+			pl["users"] = mustJSON(users)
+		}
+	}
 	return mustJSON(pl), nil
 }

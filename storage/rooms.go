@@ -5,6 +5,7 @@ import (
 	jsonv2 "encoding/json/v2"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/tidwall/gjson"
@@ -39,7 +40,7 @@ func roomNotFound(err error) error {
 // roomTx is one room's locked transaction.
 type roomTx struct {
 	ctx     context.Context
-	tx      pgx.Tx
+	tx      *jobTx
 	roomID  id.RoomID
 	version id.RoomVersion
 	batch   *batchTx
@@ -54,14 +55,18 @@ type roomTx struct {
 	depth      int64
 	snap       int64
 	chainLen   int64
-	state      map[pdu.StateKey]id.EventID
+	// dirty: the head changed and flushHeads must write it.
+	dirty bool
+	state map[pdu.StateKey]id.EventID
 }
 
 // batchTx is one batch's transaction: the rooms it has locked so far.
 type batchTx struct {
 	ctx   context.Context
-	tx    pgx.Tx
+	tx    *jobTx
 	rooms map[id.RoomID]*roomTx
+	// saved is every open room's head at the current job's savepoint.
+	saved map[id.RoomID]roomHead
 	pdus  *pduCache
 	// streamLocked: this transaction holds the stream lock (see stream.go).
 	streamLocked bool
@@ -69,8 +74,56 @@ type batchTx struct {
 
 func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 	return r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		return fn(&batchTx{ctx: ctx, tx: tx, rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus})
+		b := &batchTx{ctx: ctx, tx: &jobTx{tx: tx}, rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus}
+		if err := fn(b); err != nil {
+			return err
+		}
+		return b.flushHeads()
 	})
+}
+
+// roomHead is what a room handle caches, saved at each job's savepoint.
+type roomHead struct {
+	headLoaded bool
+	prev       []id.EventID
+	depth      int64
+	snap       int64
+	chainLen   int64
+	dirty      bool
+	state      map[pdu.StateKey]id.EventID
+}
+
+func (t *roomTx) saveHead() roomHead {
+	return roomHead{t.headLoaded, t.prev, t.depth, t.snap, t.chainLen, t.dirty, maps.Clone(t.state)}
+}
+
+func (t *roomTx) restoreHead(h roomHead) {
+	t.headLoaded, t.prev, t.depth, t.snap, t.chainLen, t.dirty, t.state = h.headLoaded, h.prev, h.depth, h.snap, h.chainLen, h.dirty, h.state
+}
+
+// flushHeads writes each changed room's head (depth, snapshot, forward
+// extremity) once per batch instead of once per event: updating the same
+// rows for every event of a batch would pile up row versions.
+func (b *batchTx) flushHeads() error {
+	pb := &pgx.Batch{}
+	for _, t := range b.rooms {
+		if !t.dirty {
+			continue
+		}
+		pb.Queue(`UPDATE room_heads SET snapshot_id = $2, depth = $3 WHERE room_id = $1`, t.roomID, t.snap, t.depth)
+		pb.Queue(`DELETE FROM forward_extremities WHERE room_id = $1`, t.roomID)
+		for _, e := range t.prev {
+			pb.Queue(`INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, t.roomID, e)
+		}
+		t.dirty = false
+	}
+	if pb.Len() == 0 {
+		return nil
+	}
+	if err := b.tx.tx.SendBatch(b.ctx, pb).Close(); err != nil {
+		return fmt.Errorf("writing room heads: %w", err)
+	}
+	return nil
 }
 
 // Room locks the room's row for the rest of the transaction: appends to one
@@ -79,11 +132,26 @@ func (b *batchTx) Room(roomID id.RoomID) (room.Tx, error) {
 	if t, ok := b.rooms[roomID]; ok {
 		return t, nil
 	}
+	// Lock the row and read the head in one round trip.
 	var version id.RoomVersion
-	if err := b.tx.QueryRow(b.ctx, `SELECT room_version FROM rooms WHERE room_id = $1 FOR UPDATE`, roomID).Scan(&version); err != nil {
+	var depth, snap, chain *int64
+	var prev []string
+	err := b.tx.QueryRow(b.ctx, `SELECT r.room_version, h.depth, h.snapshot_id, s.chain_len,
+			coalesce((SELECT array_agg(event_id ORDER BY event_id) FROM forward_extremities WHERE room_id = $1), '{}')
+		FROM rooms r LEFT JOIN room_heads h USING (room_id) LEFT JOIN state_snapshots s ON s.snapshot_id = h.snapshot_id
+		WHERE r.room_id = $1 FOR UPDATE OF r`, roomID).Scan(&version, &depth, &snap, &chain, &prev)
+	if err != nil {
 		return nil, roomNotFound(err)
 	}
 	t := b.newHandle(roomID, version)
+	if depth != nil {
+		t.depth, t.snap, t.chainLen = *depth, *snap, *chain
+	}
+	t.prev = make([]id.EventID, len(prev))
+	for i, p := range prev {
+		t.prev[i] = id.EventID(p)
+	}
+	t.headLoaded = true
 	return t, nil
 }
 
@@ -107,23 +175,31 @@ func (b *batchTx) NewRoom(roomID id.RoomID, version id.RoomVersion) (room.Tx, er
 // A job that fails is rolled back to its savepoint; the room handles it
 // touched are forgotten, as their cached heads may be gone with it.
 func (b *batchTx) Savepoint() error {
-	_, err := b.tx.Exec(b.ctx, "SAVEPOINT job")
-	return err
+	b.tx.beginJob()
+	b.saved = make(map[id.RoomID]roomHead, len(b.rooms))
+	for rid, t := range b.rooms {
+		b.saved[rid] = t.saveHead()
+	}
+	return nil
 }
 
-func (b *batchTx) Release() error {
-	_, err := b.tx.Exec(b.ctx, "RELEASE SAVEPOINT job")
-	return err
-}
+// Release keeps the savepoint: see jobTx.
+func (b *batchTx) Release() error { return nil }
 
 func (b *batchTx) Rollback() error {
-	// Row locks stay held; the handles (and their caches) are rebuilt on
-	// next use. The stream lock, if taken inside the job, is released by
-	// the rollback only if it was first taken there, so forget it too.
-	clear(b.rooms)
+	// Rooms first opened by this job lose their row lock with the rollback
+	// and are forgotten; the others go back to their heads at the savepoint.
+	// The stream lock may have been taken inside the job: take it again
+	// when next needed (taking it twice is harmless).
+	for rid, t := range b.rooms {
+		if h, ok := b.saved[rid]; ok {
+			t.restoreHead(h)
+		} else {
+			delete(b.rooms, rid)
+		}
+	}
 	b.streamLocked = false
-	_, err := b.tx.Exec(b.ctx, "ROLLBACK TO SAVEPOINT job")
-	return err
+	return b.tx.rollback(b.ctx)
 }
 
 func (t *roomTx) RoomID() id.RoomID           { return t.roomID }
@@ -321,9 +397,6 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 			ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id, membership = EXCLUDED.membership`,
 			t.roomID, e.PDU.Type, *e.PDU.StateKey, e.ID, membership)
 	}
-	b.Queue(`UPDATE room_heads SET snapshot_id = $2, depth = $3 WHERE room_id = $1`, t.roomID, newSnap, e.PDU.Depth)
-	b.Queue(`WITH gone AS (DELETE FROM forward_extremities WHERE room_id = $1)
-		INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, t.roomID, e.ID)
 	if e.TxnID != "" {
 		b.Queue(`INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)`, e.PDU.Sender, e.TxnDevice, e.TxnID, e.ID)
 	}
@@ -333,7 +406,7 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return 0, fmt.Errorf("appending event: %w", err)
 	}
-	t.prev, t.depth, t.snap, t.chainLen = []id.EventID{e.ID}, e.PDU.Depth, newSnap, newChain
+	t.prev, t.depth, t.snap, t.chainLen, t.dirty = []id.EventID{e.ID}, e.PDU.Depth, newSnap, newChain, true
 	if e.PDU.StateKey != nil {
 		t.state[pdu.StateKey{Type: e.PDU.Type, StateKey: *e.PDU.StateKey}] = e.ID
 	}

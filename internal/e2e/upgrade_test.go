@@ -58,3 +58,25 @@ func TestRoomUpgrade(t *testing.T) {
 		t.Fatalf("joining the replacement: %v", err)
 	}
 }
+
+// A client written for older room versions lists the creator in a v12
+// power_level_content_override; the room must still be created.
+func TestV12OverrideListingCreator(t *testing.T) {
+	srv := startAccounts(t, nil)
+	ctx := context.Background()
+	alice := registerUser(t, srv, "alice", "alice-password")
+	resp, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{
+		Preset:             "private_chat",
+		PowerLevelOverride: &event.PowerLevelsEventContent{Users: map[id.UserID]int{alice.UserID: 100, "@bob:localhost": 50}},
+	})
+	if err != nil {
+		t.Fatalf("createRoom: %v", err)
+	}
+	var pl event.PowerLevelsEventContent
+	if err := alice.StateEvent(ctx, resp.RoomID, event.StatePowerLevels, "", &pl); err != nil {
+		t.Fatal(err)
+	}
+	if _, listed := pl.Users[alice.UserID]; listed || pl.Users["@bob:localhost"] != 50 {
+		t.Fatalf("users in power levels: %v", pl.Users)
+	}
+}
