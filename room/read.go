@@ -34,7 +34,11 @@ func (s *Service) ToClient(e *Event) ClientEvent {
 	unsigned := map[string]any{"age": max(s.now().UnixMilli()-p.OriginServerTS, 0)}
 	if e.RedactedBy != "" {
 		content = json.RawMessage(p.Clone().Redact(e.RoomVersion).Content)
-		unsigned["redacted_because"] = map[string]any{"event_id": e.RedactedBy, "type": "m.room.redaction"}
+		if e.RedactedBecause != nil {
+			unsigned["redacted_because"] = s.ToClient(&Event{ID: e.RedactedBy, RoomID: e.RoomID, RoomVersion: e.RoomVersion, PDU: e.RedactedBecause})
+		} else {
+			unsigned["redacted_because"] = map[string]any{"event_id": e.RedactedBy, "type": "m.room.redaction"}
+		}
 	}
 	ce := ClientEvent{
 		Content: content, EventID: e.ID, OriginServerTS: p.OriginServerTS,

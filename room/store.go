@@ -20,6 +20,8 @@ type Event struct {
 	StreamPos   int64
 	StateBefore int64 // snapshot ID
 	RedactedBy  id.EventID
+	// RedactedBecause is the redaction event's PDU when RedactedBy is set.
+	RedactedBecause *pdu.PDU
 }
 
 // Appended is an authorised event ready to be stored.

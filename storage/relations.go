@@ -144,9 +144,9 @@ func (r *Rooms) ThreadRoots(ctx context.Context, q room.ThreadQuery) ([]room.Thr
 	var out []room.ThreadRoot
 	for rows.Next() {
 		var ev room.Event
-		var raw string
+		var raw, because string
 		var latest int64
-		if err := rows.Scan(&ev.ID, &ev.RoomID, &ev.RoomVersion, &raw, &ev.StreamPos, &ev.StateBefore, &ev.RedactedBy, &latest); err != nil {
+		if err := rows.Scan(&ev.ID, &ev.RoomID, &ev.RoomVersion, &raw, &ev.StreamPos, &ev.StateBefore, &ev.RedactedBy, &because, &latest); err != nil {
 			return nil, err
 		}
 		p, err := parsePDU(raw)
@@ -154,6 +154,11 @@ func (r *Rooms) ThreadRoots(ctx context.Context, q room.ThreadQuery) ([]room.Thr
 			return nil, err
 		}
 		ev.PDU = p
+		if because != "" {
+			if ev.RedactedBecause, err = parsePDU(because); err != nil {
+				return nil, err
+			}
+		}
 		out = append(out, room.ThreadRoot{Root: &ev, Latest: latest})
 	}
 	return out, rows.Err()

@@ -473,12 +473,13 @@ func (t *roomTx) AliasRoom(alias id.RoomAlias) (id.RoomID, error) {
 }
 
 // eventColumns are what scanEvent reads.
-const eventColumns = `e.event_id, e.room_id, r.room_version, e.pdu::text, e.stream_pos, e.state_before, coalesce(e.redacted_by, '')`
+const eventColumns = `e.event_id, e.room_id, r.room_version, e.pdu::text, e.stream_pos, e.state_before, coalesce(e.redacted_by, ''),
+	coalesce((SELECT rb.pdu::text FROM events rb WHERE rb.event_id = e.redacted_by), '')`
 
 func scanEvent(row pgx.Row) (*room.Event, error) {
 	var ev room.Event
-	var raw string
-	if err := row.Scan(&ev.ID, &ev.RoomID, &ev.RoomVersion, &raw, &ev.StreamPos, &ev.StateBefore, &ev.RedactedBy); err != nil {
+	var raw, because string
+	if err := row.Scan(&ev.ID, &ev.RoomID, &ev.RoomVersion, &raw, &ev.StreamPos, &ev.StateBefore, &ev.RedactedBy, &because); err != nil {
 		return nil, roomNotFound(err)
 	}
 	p, err := parsePDU(raw)
@@ -486,6 +487,11 @@ func scanEvent(row pgx.Row) (*room.Event, error) {
 		return nil, err
 	}
 	ev.PDU = p
+	if because != "" {
+		if ev.RedactedBecause, err = parsePDU(because); err != nil {
+			return nil, err
+		}
+	}
 	return &ev, nil
 }
 

@@ -851,8 +851,9 @@ func TestRoomAuthRefusals(t *testing.T) {
 			t.Fatalf("redacted content %v, want {}", c)
 		}
 		because, _ := r.Body["unsigned"].(map[string]any)["redacted_because"].(map[string]any)
-		if because["event_id"] != string(red.EventID) {
-			t.Fatalf("unsigned.redacted_because %v, want the redaction %s", because, red.EventID)
+		if because["event_id"] != string(red.EventID) || because["sender"] != string(erin.UserID) ||
+			because["type"] != "m.room.redaction" || because["origin_server_ts"] == nil {
+			t.Fatalf("unsigned.redacted_because %v, want the whole redaction event %s", because, red.EventID)
 		}
 		redEv, err := erin.GetEvent(ctx, rid, red.EventID)
 		if err != nil || redEv.Type != event.EventRedaction || redEv.Redacts != byErin && redEv.Content.Raw["redacts"] != string(byErin) {
