@@ -218,7 +218,7 @@ func (s *server) getEvent(w http.ResponseWriter, r *http.Request) {
 // GET /_matrix/client/v3/rooms/{roomId}/members
 func (s *server) members(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	evs, err := s.opts.Rooms.Members(r.Context(), requester(r).UserID, pathRoom(r), q.Get("membership"), q.Get("not_membership"))
+	evs, err := s.opts.Rooms.Members(r.Context(), requester(r).UserID, pathRoom(r), q.Get("at"), q.Get("membership"), q.Get("not_membership"))
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return

@@ -439,10 +439,21 @@ func (s *Service) Event(ctx context.Context, user id.UserID, roomID id.RoomID, e
 }
 
 // Members is GET /rooms/{roomId}/members (membership / not_membership filters).
-func (s *Service) Members(ctx context.Context, user id.UserID, roomID id.RoomID, membership, notMembership string) ([]ClientEvent, error) {
+// With at (a /messages or sync token) it answers for the room as it was at
+// that point, never later than the reader may see.
+func (s *Service) Members(ctx context.Context, user id.UserID, roomID id.RoomID, at, membership, notMembership string) ([]ClientEvent, error) {
 	evs, err := s.visibleState(ctx, user, roomID)
 	if err != nil {
 		return nil, err
+	}
+	if at != "" {
+		tok, err := ParseToken(at)
+		if err != nil {
+			return nil, err
+		}
+		if evs, err = s.stateAtToken(ctx, roomID, tok, evs); err != nil {
+			return nil, err
+		}
 	}
 	out := []ClientEvent{}
 	for _, e := range evs {
@@ -500,4 +511,21 @@ func (s *Service) JoinedRooms(ctx context.Context, user id.UserID) ([]id.RoomID,
 		rooms = []id.RoomID{}
 	}
 	return rooms, nil
+}
+
+// stateAtToken is the room state after the last event at or before tok,
+// unless the reader's visible state (visible) is older, which then wins.
+func (s *Service) stateAtToken(ctx context.Context, roomID id.RoomID, tok Token, visible []*Event) ([]*Event, error) {
+	last, err := s.store.Timeline(ctx, roomID, 0, int64(tok), true, 1)
+	if err != nil || len(last) == 0 {
+		return []*Event{}, err
+	}
+	newest := int64(0)
+	for _, e := range visible {
+		newest = max(newest, e.StreamPos)
+	}
+	if last[0].StreamPos >= newest {
+		return visible, nil
+	}
+	return s.store.StateAt(ctx, roomID, last[0].ID, true)
 }

@@ -134,3 +134,29 @@ func TestTimestampToEventAndForget(t *testing.T) {
 	}
 	doJSON(t, "POST", forget, bob.AccessToken, "{}").wantOK(t)
 }
+
+// /members?at= answers for the room as it was at a token.
+func TestMembersAtToken(t *testing.T) {
+	srv, alice, _, roomID, _ := readingRoom(t)
+	ctx := context.Background()
+	before, err := alice.Messages(ctx, roomID, "", "", mautrix.DirectionBackward, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	carol := registerUser(t, srv, "carol", "carol-password")
+	if _, err := carol.JoinRoomByID(ctx, roomID); err != nil {
+		t.Fatal(err)
+	}
+	count := func(at string) int {
+		r := doJSON(t, "GET", srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(string(roomID))+"/members?membership=join"+at, alice.AccessToken, nil)
+		r.wantOK(t)
+		return len(r.Body["chunk"].([]any))
+	}
+	if n := count(""); n != 3 {
+		t.Fatalf("now: %d members", n)
+	}
+	if n := count("&at=" + before.Start); n != 2 {
+		t.Fatalf("at %s: %d members, want 2", before.Start, n)
+	}
+	doJSON(t, "GET", srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(string(roomID))+"/members?at=bogus", alice.AccessToken, nil).wantErr(t, 400, "M_INVALID_PARAM")
+}
