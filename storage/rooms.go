@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/tidwall/gjson"
@@ -18,12 +20,59 @@ import (
 
 // Rooms implements room.Store.
 type Rooms struct {
-	db   *DB
-	pdus *pduCache
+	db    *DB
+	pdus  *pduCache
+	heads *headCache
 }
 
 // Rooms returns the room store.
-func (db *DB) Rooms() *Rooms { return &Rooms{db: db, pdus: newPDUCache(50_000)} }
+func (db *DB) Rooms() *Rooms {
+	return &Rooms{db: db, pdus: newPDUCache(50_000), heads: &headCache{m: map[id.RoomID]cachedHead{}}}
+}
+
+// headCache remembers, per room, the current-state event IDs that batches
+// looked up, tagged with the room's forward extremities when they were true.
+// A batch that locks a room and finds the same extremities knows nobody (no
+// other process either) appended since, and reuses them.
+type headCache struct {
+	mu sync.Mutex
+	m  map[id.RoomID]cachedHead
+}
+
+type cachedHead struct {
+	head  string // the forward extremities, joined
+	state map[pdu.StateKey]id.EventID
+}
+
+func headKey(prev []id.EventID) string {
+	var b strings.Builder
+	for _, p := range prev {
+		b.WriteString(string(p))
+		b.WriteByte(',')
+	}
+	return b.String()
+}
+
+const maxCachedHeads = 10_000
+
+func (c *headCache) get(roomID id.RoomID, head string) (map[pdu.StateKey]id.EventID, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h, ok := c.m[roomID]
+	if !ok || h.head != head {
+		return nil, false
+	}
+	return maps.Clone(h.state), true
+}
+
+func (c *headCache) put(roomID id.RoomID, head string, state map[pdu.StateKey]id.EventID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= maxCachedHeads {
+		clear(c.m)
+	}
+	c.m[roomID] = cachedHead{head: head, state: state}
+}
 
 var _ room.Store = (*Rooms)(nil)
 
@@ -65,6 +114,7 @@ type batchTx struct {
 	ctx   context.Context
 	tx    *jobTx
 	rooms map[id.RoomID]*roomTx
+	heads *headCache
 	// saved is every open room's head at the current job's savepoint.
 	saved map[id.RoomID]roomHead
 	pdus  *pduCache
@@ -73,13 +123,28 @@ type batchTx struct {
 }
 
 func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
-	return r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		b := &batchTx{ctx: ctx, tx: &jobTx{tx: tx}, rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus}
+	var done *batchTx
+	err := r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		b := &batchTx{ctx: ctx, tx: &jobTx{tx: tx}, rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus, heads: r.heads}
 		if err := fn(b); err != nil {
 			return err
 		}
-		return b.flushHeads()
+		if err := b.flushHeads(); err != nil {
+			return err
+		}
+		done = b
+		return nil
 	})
+	if err != nil || done == nil {
+		return err
+	}
+	// Committed: what the batch knows of each room's state is now true.
+	for rid, t := range done.rooms {
+		if t.headLoaded {
+			r.heads.put(rid, headKey(t.prev), t.state)
+		}
+	}
+	return nil
 }
 
 // roomHead is what a room handle caches, saved at each job's savepoint.
@@ -150,6 +215,9 @@ func (b *batchTx) Room(roomID id.RoomID) (room.Tx, error) {
 	t.prev = make([]id.EventID, len(prev))
 	for i, p := range prev {
 		t.prev[i] = id.EventID(p)
+	}
+	if st, ok := b.heads.get(roomID, headKey(t.prev)); ok && len(t.prev) > 0 {
+		t.state = st
 	}
 	t.headLoaded = true
 	return t, nil
