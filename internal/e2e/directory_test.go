@@ -2,20 +2,14 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
-	"os"
-	"path/filepath"
-	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"go.yaml.in/yaml/v3"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -48,59 +42,7 @@ func dirAdmin(t *testing.T, srv *Server, dbURL, localpart string) *mautrix.Clien
 	if out, code := Run(t, env, "user", "set-admin", localpart, "true"); code != 0 {
 		t.Fatalf("set-admin: %d %s", code, out)
 	}
-	cli := srv.Client()
-	_, err := cli.Login(context.Background(), &mautrix.ReqLogin{
-		Type:             mautrix.AuthTypePassword,
-		Identifier:       mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: localpart},
-		Password:         dirPassword,
-		StoreCredentials: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cli
-}
-
-// dirURL joins the client API base (v3 unless another version is given)
-// with path segments, escaping each.
-func dirURL(srv *Server, version string, segments ...string) string {
-	u := srv.URL + "/_matrix/client/" + version
-	for _, s := range segments {
-		u += "/" + url.PathEscape(s)
-	}
-	return u
-}
-
-// dirWantErr fails unless err is a Matrix error answer with status and errcode.
-func dirWantErr(t *testing.T, err error, status int, errcode string) {
-	t.Helper()
-	var he mautrix.HTTPError
-	if !errors.As(err, &he) || he.Response == nil {
-		t.Fatalf("got error %v, want HTTP %d %s", err, status, errcode)
-	}
-	got := ""
-	if he.RespError != nil {
-		got = he.RespError.ErrCode
-	}
-	if he.Response.StatusCode != status || got != errcode {
-		t.Fatalf("got %d %s (%s), want %d %s", he.Response.StatusCode, got, he.ResponseBody, status, errcode)
-	}
-}
-
-func dirCreate(t *testing.T, cli *mautrix.Client, req *mautrix.ReqCreateRoom) id.RoomID {
-	t.Helper()
-	resp, err := cli.CreateRoom(context.Background(), req)
-	if err != nil {
-		t.Fatalf("createRoom: %v", err)
-	}
-	return resp.RoomID
-}
-
-func dirJoin(t *testing.T, cli *mautrix.Client, roomID id.RoomID) {
-	t.Helper()
-	if _, err := cli.JoinRoomByID(context.Background(), roomID); err != nil {
-		t.Fatalf("%s joining %s: %v", cli.UserID, roomID, err)
-	}
+	return loginWith(t, srv, localpart, dirPassword)
 }
 
 func dirSetState(t *testing.T, cli *mautrix.Client, roomID id.RoomID, typ string, content map[string]any) id.EventID {
@@ -139,7 +81,7 @@ func TestAliasCreateResolveDelete(t *testing.T) {
 	ctx := context.Background()
 	srv, _ := dirServer(t, nil)
 	alice := registerUser(t, srv, "alice", dirPassword)
-	roomID := dirCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomAliasName: "home"})
+	roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomAliasName: "home"})
 
 	if _, err := alice.CreateAlias(ctx, "#coffee:localhost", roomID); err != nil {
 		t.Fatal(err)
@@ -152,11 +94,11 @@ func TestAliasCreateResolveDelete(t *testing.T) {
 	if res.RoomID != roomID || !slices.Equal(res.Servers, []string{"localhost"}) {
 		t.Fatalf("resolved to %+v", res)
 	}
-	raw := doJSON(t, "GET", dirURL(srv, "v3", "directory", "room", "#coffee:localhost"), "", nil)
+	raw := doJSON(t, "GET", clientURL(srv, "v3", "directory", "room", "#coffee:localhost"), "", nil)
 	raw.wantOK(t)
-	dirValidate(t, raw.Body, "directory.yaml", "/directory/room/{roomAlias}", "get", "200")
+	specValidate(t, raw.Body, "directory.yaml", "/directory/room/{roomAlias}", "get", "200")
 	// The r0 path is the same endpoint.
-	doJSON(t, "GET", dirURL(srv, "r0", "directory", "room", "#coffee:localhost"), "", nil).wantOK(t)
+	doJSON(t, "GET", clientURL(srv, "r0", "directory", "room", "#coffee:localhost"), "", nil).wantOK(t)
 	// createRoom's room_alias_name went through the same directory.
 	if res, err := alice.ResolveAlias(ctx, "#home:localhost"); err != nil || res.RoomID != roomID {
 		t.Fatalf("createRoom alias: %+v %v", res, err)
@@ -166,23 +108,23 @@ func TestAliasCreateResolveDelete(t *testing.T) {
 	if got := dirAliases(t, alice, roomID); !slices.Equal(got, []string{"#coffee:localhost", "#home:localhost"}) {
 		t.Fatalf("aliases %v", got)
 	}
-	aliasesRaw := doJSON(t, "GET", dirURL(srv, "v3", "rooms", string(roomID), "aliases"), alice.AccessToken, nil)
+	aliasesRaw := doJSON(t, "GET", clientURL(srv, "v3", "rooms", string(roomID), "aliases"), alice.AccessToken, nil)
 	aliasesRaw.wantOK(t)
-	dirValidate(t, aliasesRaw.Body, "directory.yaml", "/rooms/{roomId}/aliases", "get", "200")
+	specValidate(t, aliasesRaw.Body, "directory.yaml", "/rooms/{roomId}/aliases", "get", "200")
 
 	// The creator deletes it; it is gone.
 	if _, err := alice.DeleteAlias(ctx, "#coffee:localhost"); err != nil {
 		t.Fatal(err)
 	}
 	_, err = alice.ResolveAlias(ctx, "#coffee:localhost")
-	dirWantErr(t, err, 404, "M_NOT_FOUND")
+	wantHTTPErr(t, err, 404, "M_NOT_FOUND")
 	_, err = alice.DeleteAlias(ctx, "#coffee:localhost")
-	dirWantErr(t, err, 404, "M_NOT_FOUND")
+	wantHTTPErr(t, err, 404, "M_NOT_FOUND")
 	if got := dirAliases(t, alice, roomID); !slices.Equal(got, []string{"#home:localhost"}) {
 		t.Fatalf("aliases after delete %v", got)
 	}
 	// A deleted alias can be taken again, for another room.
-	other := dirCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	other := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
 	if _, err := alice.CreateAlias(ctx, "#coffee:localhost", other); err != nil {
 		t.Fatal(err)
 	}
@@ -197,24 +139,24 @@ func TestAliasErrors(t *testing.T) {
 	srv, _ := dirServer(t, nil)
 	alice := registerUser(t, srv, "alice", dirPassword)
 	bob := registerUser(t, srv, "bob", dirPassword)
-	roomID := dirCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomAliasName: "taken"})
+	roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomAliasName: "taken"})
 	put := func(alias string, body any, token string) rawResponse {
-		return doJSON(t, "PUT", dirURL(srv, "v3", "directory", "room", alias), token, body)
+		return doJSON(t, "PUT", clientURL(srv, "v3", "directory", "room", alias), token, body)
 	}
 	ok := map[string]any{"room_id": roomID}
 
 	// Taken: 409 M_UNKNOWN, as the spec says, for the same room or another.
 	put("#taken:localhost", ok, alice.AccessToken).wantErr(t, 409, "M_UNKNOWN")
-	_, err := alice.CreateAlias(ctx, "#taken:localhost", dirCreate(t, alice, &mautrix.ReqCreateRoom{}))
-	dirWantErr(t, err, 409, "M_UNKNOWN")
+	_, err := alice.CreateAlias(ctx, "#taken:localhost", createRoom(t, alice, &mautrix.ReqCreateRoom{}))
+	wantHTTPErr(t, err, 409, "M_UNKNOWN")
 
 	// Malformed, or another server's: 400 M_INVALID_PARAM.
 	for _, bad := range []string{"nohash:localhost", "#noserver", "#:localhost", "#a:", "#has space:localhost", "#tab\t:localhost",
 		"#elsewhere:example.org", "#" + strings.Repeat("x", 250) + ":localhost"} {
 		put(bad, ok, alice.AccessToken).wantErr(t, 400, "M_INVALID_PARAM")
 	}
-	doJSON(t, "GET", dirURL(srv, "v3", "directory", "room", "nohash"), "", nil).wantErr(t, 400, "M_INVALID_PARAM")
-	doJSON(t, "DELETE", dirURL(srv, "v3", "directory", "room", "#bad"), alice.AccessToken, nil).wantErr(t, 400, "M_INVALID_PARAM")
+	doJSON(t, "GET", clientURL(srv, "v3", "directory", "room", "nohash"), "", nil).wantErr(t, 400, "M_INVALID_PARAM")
+	doJSON(t, "DELETE", clientURL(srv, "v3", "directory", "room", "#bad"), alice.AccessToken, nil).wantErr(t, 400, "M_INVALID_PARAM")
 
 	// Bodies.
 	put("#fine:localhost", map[string]any{}, alice.AccessToken).wantErr(t, 400, "M_MISSING_PARAM")
@@ -225,26 +167,26 @@ func TestAliasErrors(t *testing.T) {
 
 	// Only members joined to the room may alias it.
 	_, err = bob.CreateAlias(ctx, "#bobs:localhost", roomID)
-	dirWantErr(t, err, 403, "M_FORBIDDEN")
+	wantHTTPErr(t, err, 403, "M_FORBIDDEN")
 	if _, err := alice.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
 		t.Fatal(err)
 	}
 	_, err = bob.CreateAlias(ctx, "#bobs:localhost", roomID) // invited is not joined
-	dirWantErr(t, err, 403, "M_FORBIDDEN")
+	wantHTTPErr(t, err, 403, "M_FORBIDDEN")
 
 	// Access tokens: required to write, not to resolve.
 	put("#fine:localhost", ok, "").wantErr(t, 401, "M_MISSING_TOKEN")
-	doJSON(t, "DELETE", dirURL(srv, "v3", "directory", "room", "#taken:localhost"), "", nil).wantErr(t, 401, "M_MISSING_TOKEN")
-	doJSON(t, "GET", dirURL(srv, "v3", "rooms", string(roomID), "aliases"), "", nil).wantErr(t, 401, "M_MISSING_TOKEN")
+	doJSON(t, "DELETE", clientURL(srv, "v3", "directory", "room", "#taken:localhost"), "", nil).wantErr(t, 401, "M_MISSING_TOKEN")
+	doJSON(t, "GET", clientURL(srv, "v3", "rooms", string(roomID), "aliases"), "", nil).wantErr(t, 401, "M_MISSING_TOKEN")
 
 	// Unknown and remote aliases are not found.
 	_, err = srv.Client().ResolveAlias(ctx, "#nothing:localhost")
-	dirWantErr(t, err, 404, "M_NOT_FOUND")
+	wantHTTPErr(t, err, 404, "M_NOT_FOUND")
 	_, err = srv.Client().ResolveAlias(ctx, "#somewhere:example.org")
-	dirWantErr(t, err, 404, "M_NOT_FOUND")
+	wantHTTPErr(t, err, 404, "M_NOT_FOUND")
 	_, err = alice.DeleteAlias(ctx, "#somewhere:example.org")
-	dirWantErr(t, err, 404, "M_NOT_FOUND")
-	dirValidateErr(t, doJSON(t, "GET", dirURL(srv, "v3", "directory", "room", "#nothing:localhost"), "", nil))
+	wantHTTPErr(t, err, 404, "M_NOT_FOUND")
+	specValidateErr(t, doJSON(t, "GET", clientURL(srv, "v3", "directory", "room", "#nothing:localhost"), "", nil))
 
 	// Nothing above changed the directory.
 	if got := dirAliases(t, alice, roomID); !slices.Equal(got, []string{"#taken:localhost"}) {
@@ -260,9 +202,9 @@ func TestAliasDeletePermissions(t *testing.T) {
 	bob := registerUser(t, srv, "bob", dirPassword)
 	carol := registerUser(t, srv, "carol", dirPassword)
 	root := dirAdmin(t, srv, dbURL, "operator")
-	roomID := dirCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "lounge"})
-	dirJoin(t, bob, roomID)
-	dirJoin(t, carol, roomID)
+	roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "lounge"})
+	joinRoom(t, bob, roomID)
+	joinRoom(t, carol, roomID)
 
 	// bob (power 0) may alias the room and delete his own alias...
 	for _, a := range []id.RoomAlias{"#bob1:localhost", "#bob2:localhost"} {
@@ -275,9 +217,9 @@ func TestAliasDeletePermissions(t *testing.T) {
 	}
 	// ...but not alice's, and carol may not delete bob's.
 	_, err := bob.DeleteAlias(ctx, "#lounge:localhost")
-	dirWantErr(t, err, 403, "M_FORBIDDEN")
+	wantHTTPErr(t, err, 403, "M_FORBIDDEN")
 	_, err = carol.DeleteAlias(ctx, "#bob2:localhost")
-	dirWantErr(t, err, 403, "M_FORBIDDEN")
+	wantHTTPErr(t, err, 403, "M_FORBIDDEN")
 	// With the power to change m.room.canonical_alias carol may.
 	dirSetState(t, alice, roomID, "m.room.power_levels", map[string]any{
 		"users": map[string]any{string(carol.UserID): 50}, "events": map[string]any{"m.room.canonical_alias": 50},
@@ -298,15 +240,15 @@ func TestAliasDeletePermissions(t *testing.T) {
 	}
 	dave := registerUser(t, srv, "dave", dirPassword)
 	_, err = dave.GetAliases(ctx, roomID)
-	dirWantErr(t, err, 403, "M_FORBIDDEN")
+	wantHTTPErr(t, err, 403, "M_FORBIDDEN")
 	_, err = dave.GetAliases(ctx, "!unknown:localhost")
-	dirWantErr(t, err, 403, "M_FORBIDDEN")
+	wantHTTPErr(t, err, 403, "M_FORBIDDEN")
 	// Members who left no longer see them.
 	if _, err := carol.LeaveRoom(ctx, roomID); err != nil {
 		t.Fatal(err)
 	}
 	_, err = carol.GetAliases(ctx, roomID)
-	dirWantErr(t, err, 403, "M_FORBIDDEN")
+	wantHTTPErr(t, err, 403, "M_FORBIDDEN")
 	// In a world-readable room, anyone does.
 	dirSetState(t, alice, roomID, "m.room.history_visibility", map[string]any{"history_visibility": "world_readable"})
 	if got := dirAliases(t, dave, roomID); !slices.Equal(got, []string{"#lounge:localhost"}) {
@@ -322,8 +264,8 @@ func TestAliasDeleteUpdatesCanonicalAlias(t *testing.T) {
 	srv, _ := dirServer(t, nil)
 	alice := registerUser(t, srv, "alice", dirPassword)
 	bob := registerUser(t, srv, "bob", dirPassword)
-	roomID := dirCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "main"})
-	dirJoin(t, bob, roomID)
+	roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "main"})
+	joinRoom(t, bob, roomID)
 	for _, a := range []id.RoomAlias{"#alt1:localhost", "#alt2:localhost"} {
 		if _, err := alice.CreateAlias(ctx, a, roomID); err != nil {
 			t.Fatal(err)
@@ -356,21 +298,21 @@ func TestAliasDeleteUpdatesCanonicalAlias(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := bob.ResolveAlias(ctx, "#bobalt:localhost")
-	dirWantErr(t, err, 404, "M_NOT_FOUND")
+	wantHTTPErr(t, err, 404, "M_NOT_FOUND")
 	c = dirCanonicalAlias(t, alice, roomID)
 	if fmt.Sprint(c["alt_aliases"]) != "[#alt2:localhost #bobalt:localhost]" {
 		t.Fatalf("after bob's delete: %v", c)
 	}
 	// A deleted alias cannot be advertised again.
 	_, err = alice.SendStateEvent(ctx, roomID, event.StateCanonicalAlias, "", map[string]any{"alias": "#alt1:localhost"})
-	dirWantErr(t, err, 400, "M_BAD_ALIAS")
+	wantHTTPErr(t, err, 400, "M_BAD_ALIAS")
 }
 
 func dirVisibility(t *testing.T, srv *Server, roomID id.RoomID) string {
 	t.Helper()
-	r := doJSON(t, "GET", dirURL(srv, "v3", "directory", "list", "room", string(roomID)), "", nil)
+	r := doJSON(t, "GET", clientURL(srv, "v3", "directory", "list", "room", string(roomID)), "", nil)
 	r.wantOK(t)
-	dirValidate(t, r.Body, "list_public_rooms.yaml", "/directory/list/room/{roomId}", "get", "200")
+	specValidate(t, r.Body, "list_public_rooms.yaml", "/directory/list/room/{roomId}", "get", "200")
 	v, _ := r.Body["visibility"].(string)
 	return v
 }
@@ -382,28 +324,28 @@ func TestDirectoryVisibility(t *testing.T) {
 	bob := registerUser(t, srv, "bob", dirPassword)
 	root := dirAdmin(t, srv, dbURL, "operator")
 	put := func(cli *mautrix.Client, roomID id.RoomID, body any) rawResponse {
-		return doJSON(t, "PUT", dirURL(srv, "v3", "directory", "list", "room", string(roomID)), cli.AccessToken, body)
+		return doJSON(t, "PUT", clientURL(srv, "v3", "directory", "list", "room", string(roomID)), cli.AccessToken, body)
 	}
 
 	// createRoom's visibility sets it.
-	pub := dirCreate(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Name: "Published at birth"})
+	pub := createRoom(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Name: "Published at birth"})
 	if v := dirVisibility(t, srv, pub); v != "public" {
 		t.Fatalf("visibility %q", v)
 	}
-	roomID := dirCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Later"})
+	roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Later"})
 	if v := dirVisibility(t, srv, roomID); v != "private" {
 		t.Fatalf("visibility %q", v)
 	}
-	doJSON(t, "GET", dirURL(srv, "v3", "directory", "list", "room", "!unknown:localhost"), "", nil).wantErr(t, 404, "M_NOT_FOUND")
+	doJSON(t, "GET", clientURL(srv, "v3", "directory", "list", "room", "!unknown:localhost"), "", nil).wantErr(t, 404, "M_NOT_FOUND")
 	put(alice, "!unknown:localhost", map[string]any{"visibility": "public"}).wantErr(t, 404, "M_NOT_FOUND")
 
 	// Outsiders and plain members may not publish; the creator may.
 	put(bob, roomID, map[string]any{"visibility": "public"}).wantErr(t, 403, "M_FORBIDDEN")
-	dirJoin(t, bob, roomID)
+	joinRoom(t, bob, roomID)
 	put(bob, roomID, map[string]any{"visibility": "public"}).wantErr(t, 403, "M_FORBIDDEN")
 	put(alice, roomID, map[string]any{"visibility": "secret"}).wantErr(t, 400, "M_INVALID_PARAM")
 	put(alice, roomID, "nope").wantErr(t, 400, "M_NOT_JSON")
-	doJSON(t, "PUT", dirURL(srv, "v3", "directory", "list", "room", string(roomID)), "", map[string]any{"visibility": "public"}).wantErr(t, 401, "M_MISSING_TOKEN")
+	doJSON(t, "PUT", clientURL(srv, "v3", "directory", "list", "room", string(roomID)), "", map[string]any{"visibility": "public"}).wantErr(t, 401, "M_MISSING_TOKEN")
 	if v := dirVisibility(t, srv, roomID); v != "private" {
 		t.Fatalf("visibility after refusals %q", v)
 	}
@@ -421,14 +363,14 @@ func TestDirectoryVisibility(t *testing.T) {
 		t.Fatalf("after unpublishing: %q, listed %v", v, dirListed(t, srv, roomID))
 	}
 	// The r0 path.
-	doJSON(t, "PUT", dirURL(srv, "r0", "directory", "list", "room", string(roomID)), alice.AccessToken, map[string]any{"visibility": "public"}).wantOK(t)
+	doJSON(t, "PUT", clientURL(srv, "r0", "directory", "list", "room", string(roomID)), alice.AccessToken, map[string]any{"visibility": "public"}).wantOK(t)
 	if v := dirVisibility(t, srv, roomID); v != "public" {
 		t.Fatalf("visibility %q", v)
 	}
 
 	// A published room that only invitees can join is not listed until
 	// its join rule opens.
-	closed := dirCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Visibility: "public"})
+	closed := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Visibility: "public"})
 	if dirListed(t, srv, closed) {
 		t.Fatal("invite-only room listed")
 	}
@@ -459,9 +401,9 @@ func dirPublicRoomIDs(chunk []any) []string {
 // dirPostPublicRooms is POST /publicRooms, checked against the spec's schema.
 func dirPostPublicRooms(t *testing.T, srv *Server, cli *mautrix.Client, query string, body map[string]any) rawResponse {
 	t.Helper()
-	r := doJSON(t, "POST", dirURL(srv, "v3", "publicRooms")+query, cli.AccessToken, body)
+	r := doJSON(t, "POST", clientURL(srv, "v3", "publicRooms")+query, cli.AccessToken, body)
 	r.wantOK(t)
-	dirValidate(t, r.Body, "list_public_rooms.yaml", "/publicRooms", "post", "200")
+	specValidate(t, r.Body, "list_public_rooms.yaml", "/publicRooms", "post", "200")
 	return r
 }
 
@@ -476,27 +418,27 @@ func TestPublicRoomsListing(t *testing.T) {
 	}
 	topic := "All about Go and coffee"
 	// Five published rooms with 4, 3, 2, 1, 1 members; one unpublished.
-	big := dirCreate(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat", Name: "Big Room", Topic: topic, RoomAliasName: "big"})
-	mid := dirCreate(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat", Name: "Middle"})
-	small := dirCreate(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat", Name: "Small"})
-	space := dirCreate(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat", Name: "A Space",
+	big := createRoom(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat", Name: "Big Room", Topic: topic, RoomAliasName: "big"})
+	mid := createRoom(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat", Name: "Middle"})
+	small := createRoom(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat", Name: "Small"})
+	space := createRoom(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat", Name: "A Space",
 		CreationContent: map[string]any{"type": "m.space"}})
-	readable := dirCreate(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat", Name: "Readable",
+	readable := createRoom(t, alice, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat", Name: "Readable",
 		InitialState: []*event.Event{
 			{Type: event.StateHistoryVisibility, StateKey: new(string), Content: event.Content{Raw: map[string]any{"history_visibility": "world_readable"}}},
 			{Type: event.StateGuestAccess, StateKey: new(string), Content: event.Content{Raw: map[string]any{"guest_access": "can_join"}}},
 			{Type: event.StateRoomAvatar, StateKey: new(string), Content: event.Content{Raw: map[string]any{"url": "mxc://localhost/avatar"}}},
 		}})
-	hidden := dirCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Hidden Go"})
+	hidden := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Hidden Go"})
 	for i, cli := range others {
-		dirJoin(t, cli, big)
+		joinRoom(t, cli, big)
 		if i < 2 {
-			dirJoin(t, cli, mid)
+			joinRoom(t, cli, mid)
 		}
 		if i < 1 {
-			dirJoin(t, cli, small)
+			joinRoom(t, cli, small)
 		}
-		dirJoin(t, cli, hidden)
+		joinRoom(t, cli, hidden)
 	}
 	// Ties (space and readable, one member each) go by room ID.
 	tail := []string{string(space), string(readable)}
@@ -515,9 +457,9 @@ func TestPublicRoomsListing(t *testing.T) {
 	if !slices.Equal(got, order) || all.TotalRoomCountEstimate != 5 || all.NextBatch != "" || all.PrevBatch != "" {
 		t.Fatalf("listing %v (total %d, next %q, prev %q), want %v", got, all.TotalRoomCountEstimate, all.NextBatch, all.PrevBatch, order)
 	}
-	raw := doJSON(t, "GET", dirURL(srv, "v3", "publicRooms"), "", nil)
+	raw := doJSON(t, "GET", clientURL(srv, "v3", "publicRooms"), "", nil)
 	raw.wantOK(t)
-	dirValidate(t, raw.Body, "list_public_rooms.yaml", "/publicRooms", "get", "200")
+	specValidate(t, raw.Body, "list_public_rooms.yaml", "/publicRooms", "get", "200")
 	byID := map[string]map[string]any{}
 	for _, c := range raw.Body["chunk"].([]any) {
 		m := c.(map[string]any)
@@ -541,7 +483,7 @@ func TestPublicRoomsListing(t *testing.T) {
 		t.Fatalf("space entry %v", s)
 	}
 	// r0 and an explicit server=ours are the same listing.
-	doJSON(t, "GET", dirURL(srv, "r0", "publicRooms")+"?server=localhost", "", nil).wantOK(t)
+	doJSON(t, "GET", clientURL(srv, "r0", "publicRooms")+"?server=localhost", "", nil).wantOK(t)
 
 	// Pagination: forward pages of two, then back again.
 	page1, err := srv.Client().PublicRooms(ctx, &mautrix.ReqPublicRooms{Limit: 2})
@@ -630,7 +572,7 @@ func TestPublicRoomsListing(t *testing.T) {
 	if _, err := alice.RedactEvent(ctx, small, nameEvent); err != nil {
 		t.Fatal(err)
 	}
-	raw = doJSON(t, "GET", dirURL(srv, "v3", "publicRooms"), "", nil)
+	raw = doJSON(t, "GET", clientURL(srv, "v3", "publicRooms"), "", nil)
 	for _, c := range raw.Body["chunk"].([]any) {
 		if m := c.(map[string]any); m["room_id"] == string(small) {
 			if _, has := m["name"]; has {
@@ -661,7 +603,7 @@ func TestPublicRoomsErrors(t *testing.T) {
 	srv, _ := dirServer(t, nil)
 	alice := registerUser(t, srv, "alice", dirPassword)
 	get := func(query string) rawResponse {
-		return doJSON(t, "GET", dirURL(srv, "v3", "publicRooms")+query, "", nil)
+		return doJSON(t, "GET", clientURL(srv, "v3", "publicRooms")+query, "", nil)
 	}
 	get("?limit=-1").wantErr(t, 400, "M_INVALID_PARAM")
 	get("?limit=ten").wantErr(t, 400, "M_INVALID_PARAM")
@@ -670,10 +612,10 @@ func TestPublicRoomsErrors(t *testing.T) {
 	// Federation is not there yet: only our own directory.
 	get("?server=example.org").wantErr(t, 400, "M_INVALID_PARAM")
 	_, err := srv.Client().PublicRooms(context.Background(), &mautrix.ReqPublicRooms{Server: "matrix.org"})
-	dirWantErr(t, err, 400, "M_INVALID_PARAM")
+	wantHTTPErr(t, err, 400, "M_INVALID_PARAM")
 
 	post := func(token string, body any) rawResponse {
-		return doJSON(t, "POST", dirURL(srv, "v3", "publicRooms"), token, body)
+		return doJSON(t, "POST", clientURL(srv, "v3", "publicRooms"), token, body)
 	}
 	post("", map[string]any{}).wantErr(t, 401, "M_MISSING_TOKEN")
 	post(alice.AccessToken, "nope").wantErr(t, 400, "M_NOT_JSON")
@@ -694,18 +636,18 @@ func TestThirdPartyLookups(t *testing.T) {
 	t.Parallel()
 	srv, _ := dirServer(t, nil)
 	alice := registerUser(t, srv, "alice", dirPassword)
-	r := doJSON(t, "GET", dirURL(srv, "v3", "thirdparty", "protocols"), alice.AccessToken, nil)
+	r := doJSON(t, "GET", clientURL(srv, "v3", "thirdparty", "protocols"), alice.AccessToken, nil)
 	r.wantOK(t)
 	if string(r.Raw) != "{}" {
 		t.Fatalf("protocols %s", r.Raw)
 	}
-	doJSON(t, "GET", dirURL(srv, "r0", "thirdparty", "protocols"), alice.AccessToken, nil).wantOK(t)
-	doJSON(t, "GET", dirURL(srv, "v3", "thirdparty", "protocols"), "", nil).wantErr(t, 401, "M_MISSING_TOKEN")
+	doJSON(t, "GET", clientURL(srv, "r0", "thirdparty", "protocols"), alice.AccessToken, nil).wantOK(t)
+	doJSON(t, "GET", clientURL(srv, "v3", "thirdparty", "protocols"), "", nil).wantErr(t, 401, "M_MISSING_TOKEN")
 	for _, p := range []string{"protocol", "location", "user"} {
-		doJSON(t, "GET", dirURL(srv, "v3", "thirdparty", p, "irc"), alice.AccessToken, nil).wantErr(t, 404, "M_NOT_FOUND")
+		doJSON(t, "GET", clientURL(srv, "v3", "thirdparty", p, "irc"), alice.AccessToken, nil).wantErr(t, 404, "M_NOT_FOUND")
 	}
 	for _, p := range []string{"location?alias=%23a:localhost", "user?userid=@a:localhost"} {
-		r := doJSON(t, "GET", dirURL(srv, "v3", "thirdparty")+"/"+p, alice.AccessToken, nil)
+		r := doJSON(t, "GET", clientURL(srv, "v3", "thirdparty")+"/"+p, alice.AccessToken, nil)
 		r.wantOK(t)
 		if string(r.Raw) != "[]" {
 			t.Fatalf("%s: %s", p, r.Raw)
@@ -722,24 +664,21 @@ type dirReport struct {
 
 func dirReports(t *testing.T, dbURL string) []dirReport {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT reporter, room_id, coalesce(event_id, ''), reason, score, created_at FROM content_reports ORDER BY report_id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (dirReport, error) {
-		var r dirReport
-		err := row.Scan(&r.Reporter, &r.RoomID, &r.EventID, &r.Reason, &r.Score, &r.At)
-		return r, err
+	var out []dirReport
+	withDB(t, dbURL, func(ctx context.Context, conn *pgx.Conn) {
+		rows, err := conn.Query(ctx, `SELECT reporter, room_id, coalesce(event_id, ''), reason, score, created_at FROM content_reports ORDER BY report_id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (dirReport, error) {
+			var r dirReport
+			err := row.Scan(&r.Reporter, &r.RoomID, &r.EventID, &r.Reason, &r.Score, &r.At)
+			return r, err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return out
 }
 
@@ -749,20 +688,20 @@ func TestReportContent(t *testing.T) {
 	srv, dbURL := dirServer(t, nil)
 	alice := registerUser(t, srv, "alice", dirPassword)
 	bob := registerUser(t, srv, "bob", dirPassword)
-	roomID := dirCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
 	dirSetState(t, alice, roomID, "m.room.history_visibility", map[string]any{"history_visibility": "joined"})
 	early, err := alice.SendText(ctx, roomID, "before bob")
 	if err != nil {
 		t.Fatal(err)
 	}
 	report := func(cli *mautrix.Client, room id.RoomID, ev id.EventID, body any) rawResponse {
-		return doJSON(t, "POST", dirURL(srv, "v3", "rooms", string(room), "report", string(ev)), cli.AccessToken, body)
+		return doJSON(t, "POST", clientURL(srv, "v3", "rooms", string(room), "report", string(ev)), cli.AccessToken, body)
 	}
 
 	// Not joined: the event is "not found", whatever it is.
-	dirWantErr(t, bob.ReportEvent(ctx, roomID, early.EventID, "spam"), 404, "M_NOT_FOUND")
+	wantHTTPErr(t, bob.ReportEvent(ctx, roomID, early.EventID, "spam"), 404, "M_NOT_FOUND")
 	report(bob, roomID, early.EventID, map[string]any{"reason": "spam"}).wantErr(t, 404, "M_NOT_FOUND")
-	dirJoin(t, bob, roomID)
+	joinRoom(t, bob, roomID)
 	later, err := alice.SendText(ctx, roomID, "after bob")
 	if err != nil {
 		t.Fatal(err)
@@ -779,11 +718,11 @@ func TestReportContent(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The r0 path.
-	doJSON(t, "POST", dirURL(srv, "r0", "rooms", string(roomID), "report", string(later.EventID)), bob.AccessToken, map[string]any{"reason": "r0"}).wantOK(t)
+	doJSON(t, "POST", clientURL(srv, "r0", "rooms", string(roomID), "report", string(later.EventID)), bob.AccessToken, map[string]any{"reason": "r0"}).wantOK(t)
 
 	// Unknown events, events of another room, bad bodies.
 	report(bob, roomID, "$nope", map[string]any{"reason": "x"}).wantErr(t, 404, "M_NOT_FOUND")
-	other := dirCreate(t, bob, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	other := createRoom(t, bob, &mautrix.ReqCreateRoom{Preset: "public_chat"})
 	report(bob, other, later.EventID, map[string]any{"reason": "x"}).wantErr(t, 404, "M_NOT_FOUND")
 	report(bob, "!unknown:localhost", later.EventID, map[string]any{}).wantErr(t, 404, "M_NOT_FOUND")
 	report(bob, roomID, later.EventID, map[string]any{"score": -101}).wantErr(t, 400, "M_INVALID_PARAM")
@@ -791,7 +730,7 @@ func TestReportContent(t *testing.T) {
 	report(bob, roomID, later.EventID, map[string]any{"score": -1.5}).wantErr(t, 400, "M_BAD_JSON")
 	report(bob, roomID, later.EventID, map[string]any{"reason": 3}).wantErr(t, 400, "M_BAD_JSON")
 	report(bob, roomID, later.EventID, "nope").wantErr(t, 400, "M_NOT_JSON")
-	doJSON(t, "POST", dirURL(srv, "v3", "rooms", string(roomID), "report", string(later.EventID)), "", map[string]any{}).wantErr(t, 401, "M_MISSING_TOKEN")
+	doJSON(t, "POST", clientURL(srv, "v3", "rooms", string(roomID), "report", string(later.EventID)), "", map[string]any{}).wantErr(t, 401, "M_MISSING_TOKEN")
 
 	// Rooms (spec v1.13): no need to be joined, but the room must exist.
 	carol := registerUser(t, srv, "carol", dirPassword)
@@ -799,8 +738,8 @@ func TestReportContent(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = carol.ReportRoom(ctx, "!unknown:localhost", "x")
-	dirWantErr(t, err, 404, "M_NOT_FOUND")
-	doJSON(t, "POST", dirURL(srv, "v3", "rooms", string(roomID), "report"), carol.AccessToken, map[string]any{"reason": 1}).wantErr(t, 400, "M_BAD_JSON")
+	wantHTTPErr(t, err, 404, "M_NOT_FOUND")
+	doJSON(t, "POST", clientURL(srv, "v3", "rooms", string(roomID), "report"), carol.AccessToken, map[string]any{"reason": 1}).wantErr(t, 400, "M_BAD_JSON")
 
 	got := dirReports(t, dbURL)
 	minus100 := -100
@@ -836,172 +775,22 @@ func TestReportRateLimited(t *testing.T) {
 	})
 	alice := registerUser(t, srv, "alice", dirPassword)
 	bob := registerUser(t, srv, "bob", dirPassword)
-	roomID := dirCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
 	msg, err := alice.SendText(ctx, roomID, "hello")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dirJoin(t, bob, roomID) // one write
+	joinRoom(t, bob, roomID) // one write
 	for i := range 3 {
 		if err := bob.ReportEvent(ctx, roomID, msg.EventID, fmt.Sprint("report ", i)); err != nil {
 			t.Fatalf("report %d: %v", i, err)
 		}
 	}
-	r := doJSON(t, "POST", dirURL(srv, "v3", "rooms", string(roomID), "report", string(msg.EventID)), bob.AccessToken, map[string]any{"reason": "one too many"})
+	r := doJSON(t, "POST", clientURL(srv, "v3", "rooms", string(roomID), "report", string(msg.EventID)), bob.AccessToken, map[string]any{"reason": "one too many"})
 	r.wantErr(t, 429, "M_LIMIT_EXCEEDED")
 	if ms, _ := r.Body["retry_after_ms"].(float64); ms <= 0 {
 		t.Fatalf("no retry_after_ms: %s", r.Raw)
 	}
 	err = bob.ReportRoom(ctx, roomID, "also limited")
-	dirWantErr(t, err, 429, "M_LIMIT_EXCEEDED")
-}
-
-// Response shapes against the spec's OpenAPI: a small checker for the
-// subset these schemas use (type, properties, required, items, pattern,
-// enum, $ref to sibling files).
-
-func dirSpecDir(t *testing.T) string {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	dir := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "matrix-spec", "data", "api", "client-server")
-	if _, err := os.Stat(dir); err != nil {
-		t.Fatalf("the Matrix spec is not at %s: %v", dir, err)
-	}
-	return dir
-}
-
-func dirLoadYAML(t *testing.T, path string) map[string]any {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc map[string]any
-	if err := yaml.Unmarshal(raw, &doc); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return doc
-}
-
-// dirValidate checks body against the response schema of method path in
-// file for status.
-func dirValidate(t *testing.T, body map[string]any, file, path, method, status string) {
-	t.Helper()
-	dir := dirSpecDir(t)
-	doc := dirLoadYAML(t, filepath.Join(dir, file))
-	schema, ok := dirDig(doc, "paths", path, method, "responses", status, "content", "application/json", "schema").(map[string]any)
-	if !ok {
-		t.Fatalf("%s %s %s %s: no schema", file, method, path, status)
-	}
-	if errs := dirCheck(t, dir, schema, body, "$"); len(errs) > 0 {
-		t.Fatalf("%s %s does not match %s:\n%s\nbody: %v", method, path, file, strings.Join(errs, "\n"), body)
-	}
-}
-
-// dirValidateErr checks an error answer against the spec's error schema.
-func dirValidateErr(t *testing.T, r rawResponse) {
-	t.Helper()
-	dir := dirSpecDir(t)
-	schema := dirLoadYAML(t, filepath.Join(dir, "definitions", "errors", "error.yaml"))
-	if errs := dirCheck(t, filepath.Join(dir, "definitions", "errors"), schema, r.Body, "$"); len(errs) > 0 {
-		t.Fatalf("error answer %s: %v", r.Raw, errs)
-	}
-}
-
-func dirDig(v any, keys ...string) any {
-	for _, k := range keys {
-		m, ok := v.(map[string]any)
-		if !ok {
-			return nil
-		}
-		v = m[k]
-	}
-	return v
-}
-
-func dirCheck(t *testing.T, dir string, schema map[string]any, v any, at string) []string {
-	if ref, ok := schema["$ref"].(string); ok {
-		p := filepath.Join(dir, ref)
-		return dirCheck(t, filepath.Dir(p), dirLoadYAML(t, p), v, at)
-	}
-	var errs []string
-	if typ, ok := schema["type"]; ok {
-		var types []string
-		switch tt := typ.(type) {
-		case string:
-			types = []string{tt}
-		case []any:
-			for _, x := range tt {
-				types = append(types, fmt.Sprint(x))
-			}
-		}
-		if !slices.ContainsFunc(types, func(ty string) bool { return dirIsType(v, ty) }) {
-			return append(errs, fmt.Sprintf("%s: %v is not %v", at, v, types))
-		}
-	}
-	if enum, ok := schema["enum"].([]any); ok && !slices.ContainsFunc(enum, func(e any) bool { return fmt.Sprint(e) == fmt.Sprint(v) }) {
-		errs = append(errs, fmt.Sprintf("%s: %v not in %v", at, v, enum))
-	}
-	if pat, ok := schema["pattern"].(string); ok {
-		if s, isStr := v.(string); isStr && !regexp.MustCompile(pat).MatchString(s) {
-			errs = append(errs, fmt.Sprintf("%s: %q does not match %s", at, s, pat))
-		}
-	}
-	switch val := v.(type) {
-	case map[string]any:
-		for _, req := range dirList(schema["required"]) {
-			if _, ok := val[req]; !ok {
-				errs = append(errs, fmt.Sprintf("%s: required %s missing", at, req))
-			}
-		}
-		props, _ := schema["properties"].(map[string]any)
-		for k, sub := range props {
-			if x, ok := val[k]; ok {
-				errs = append(errs, dirCheck(t, dir, sub.(map[string]any), x, at+"."+k)...)
-			}
-		}
-	case []any:
-		if items, ok := schema["items"].(map[string]any); ok {
-			for i, x := range val {
-				errs = append(errs, dirCheck(t, dir, items, x, fmt.Sprintf("%s[%d]", at, i))...)
-			}
-		}
-	}
-	return errs
-}
-
-func dirList(v any) []string {
-	var out []string
-	if l, ok := v.([]any); ok {
-		for _, x := range l {
-			out = append(out, fmt.Sprint(x))
-		}
-	}
-	return out
-}
-
-func dirIsType(v any, typ string) bool {
-	switch typ {
-	case "object":
-		_, ok := v.(map[string]any)
-		return ok
-	case "array":
-		_, ok := v.([]any)
-		return ok
-	case "string":
-		_, ok := v.(string)
-		return ok
-	case "boolean":
-		_, ok := v.(bool)
-		return ok
-	case "integer":
-		f, ok := v.(float64)
-		return ok && f == float64(int64(f))
-	case "number":
-		_, ok := v.(float64)
-		return ok
-	case "null":
-		return v == nil
-	}
-	return false
+	wantHTTPErr(t, err, 429, "M_LIMIT_EXCEEDED")
 }

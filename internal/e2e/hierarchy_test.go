@@ -12,15 +12,6 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-// hierCreate creates a room with createRoom's raw body (so initial_state
-// and creation_content go through as written).
-func hierCreate(t *testing.T, srv *Server, cli *mautrix.Client, body map[string]any) id.RoomID {
-	t.Helper()
-	r := doJSON(t, http.MethodPost, srv.URL+"/_matrix/client/v3/createRoom", cli.AccessToken, body)
-	r.wantOK(t)
-	return id.RoomID(r.Body["room_id"].(string))
-}
-
 // hierChild makes child a child of space.
 func hierChild(t *testing.T, cli *mautrix.Client, space, child id.RoomID, content map[string]any) {
 	t.Helper()
@@ -32,26 +23,19 @@ func hierChild(t *testing.T, cli *mautrix.Client, space, child id.RoomID, conten
 // hierGet fetches a hierarchy page as JSON.
 func hierGet(t *testing.T, srv *Server, cli *mautrix.Client, root id.RoomID, q string) rawResponse {
 	t.Helper()
-	return doJSON(t, http.MethodGet, srv.URL+"/_matrix/client/v1/rooms/"+url.PathEscape(string(root))+"/hierarchy"+q, cli.AccessToken, nil)
+	return doJSON(t, http.MethodGet, clientURL(srv, "v1", "rooms", string(root), "hierarchy")+q, cli.AccessToken, nil)
 }
 
 // hierIDs lists the room IDs of a page, validating it against the spec.
 func hierIDs(t *testing.T, r rawResponse) []id.RoomID {
 	t.Helper()
 	r.wantOK(t)
-	relValidate(t, r.Body, "space_hierarchy.yaml", "/rooms/{roomId}/hierarchy")
+	specValidate(t, r.Body, "space_hierarchy.yaml", "/rooms/{roomId}/hierarchy", "get", "200")
 	out := []id.RoomID{}
 	for _, room := range r.Body["rooms"].([]any) {
-		out = append(out, id.RoomID(relDig(room, "room_id").(string)))
+		out = append(out, id.RoomID(dig(room, "room_id").(string)))
 	}
 	return out
-}
-
-func hierWant(t *testing.T, what string, got []id.RoomID, want ...id.RoomID) {
-	t.Helper()
-	if !slices.Equal(got, want) {
-		t.Fatalf("%s: got %v, want %v", what, got, want)
-	}
 }
 
 // The space hierarchy: depth-first in the spec's child order, nested
@@ -66,14 +50,14 @@ func TestSpaceHierarchy(t *testing.T) {
 	stranger := registerUser(t, srv, "stranger", "stranger-password")
 	space := map[string]any{"type": "m.space"}
 
-	s := hierCreate(t, srv, alice, map[string]any{"preset": "public_chat", "name": "Space", "topic": "The space", "creation_content": space})
-	a := hierCreate(t, srv, alice, map[string]any{"preset": "public_chat", "name": "A", "topic": "Room A"})
-	b := hierCreate(t, srv, alice, map[string]any{"preset": "private_chat", "name": "B"})
-	s2 := hierCreate(t, srv, alice, map[string]any{"preset": "public_chat", "name": "Sub", "creation_content": space})
-	c := hierCreate(t, srv, alice, map[string]any{"preset": "public_chat", "name": "C"})
-	p := hierCreate(t, srv, bob, map[string]any{"preset": "private_chat", "name": "Bob's"})
-	removed := hierCreate(t, srv, alice, map[string]any{"preset": "public_chat", "name": "Removed"})
-	q := hierCreate(t, srv, alice, map[string]any{"preset": "private_chat", "name": "Restricted", "initial_state": []any{
+	s := createRoomRaw(t, srv, alice, map[string]any{"preset": "public_chat", "name": "Space", "topic": "The space", "creation_content": space})
+	a := createRoomRaw(t, srv, alice, map[string]any{"preset": "public_chat", "name": "A", "topic": "Room A"})
+	b := createRoomRaw(t, srv, alice, map[string]any{"preset": "private_chat", "name": "B"})
+	s2 := createRoomRaw(t, srv, alice, map[string]any{"preset": "public_chat", "name": "Sub", "creation_content": space})
+	c := createRoomRaw(t, srv, alice, map[string]any{"preset": "public_chat", "name": "C"})
+	p := createRoomRaw(t, srv, bob, map[string]any{"preset": "private_chat", "name": "Bob's"})
+	removed := createRoomRaw(t, srv, alice, map[string]any{"preset": "public_chat", "name": "Removed"})
+	q := createRoomRaw(t, srv, alice, map[string]any{"preset": "private_chat", "name": "Restricted", "initial_state": []any{
 		map[string]any{"type": "m.room.join_rules", "state_key": "", "content": map[string]any{
 			"join_rule": "restricted", "allow": []any{map[string]any{"type": "m.room_membership", "room_id": s}},
 		}},
@@ -98,33 +82,33 @@ func TestSpaceHierarchy(t *testing.T) {
 	}
 
 	full := hierGet(t, srv, alice, s, "")
-	hierWant(t, "alice", hierIDs(t, full), s, b, a, s2, c, q)
+	wantIDs(t, "alice", hierIDs(t, full), s, b, a, s2, c, q)
 	if full.Body["next_batch"] != nil {
 		t.Fatalf("one page has next_batch: %v", full.Body["next_batch"])
 	}
 	root := full.Body["rooms"].([]any)[0]
-	if relDig(root, "room_type") != "m.space" || relDig(root, "name") != "Space" || relDig(root, "topic") != "The space" ||
-		relDig(root, "num_joined_members") != float64(2) || relDig(root, "join_rule") != "public" ||
-		relDig(root, "world_readable") != false || relDig(root, "guest_can_join") != false {
+	if dig(root, "room_type") != "m.space" || dig(root, "name") != "Space" || dig(root, "topic") != "The space" ||
+		dig(root, "num_joined_members") != float64(2) || dig(root, "join_rule") != "public" ||
+		dig(root, "world_readable") != false || dig(root, "guest_can_join") != false {
 		t.Fatalf("root entry: %v", root)
 	}
 	var kids []string
-	for _, cs := range relDig(root, "children_state").([]any) {
-		if relDig(cs, "type") != "m.space.child" || relDig(cs, "sender") != string(alice.UserID) ||
-			relDig(cs, "origin_server_ts") == nil || relDig(cs, "content", "via") == nil {
+	for _, cs := range dig(root, "children_state").([]any) {
+		if dig(cs, "type") != "m.space.child" || dig(cs, "sender") != string(alice.UserID) ||
+			dig(cs, "origin_server_ts") == nil || dig(cs, "content", "via") == nil {
 			t.Fatalf("children_state entry: %v", cs)
 		}
-		kids = append(kids, relDig(cs, "state_key").(string))
+		kids = append(kids, dig(cs, "state_key").(string))
 	}
 	if want := []string{string(b), string(a), string(s2), string(p), string(q)}; !slices.Equal(kids, want) {
 		t.Fatalf("children_state = %v, want %v (spec order, removed child left out)", kids, want)
 	}
 	ra := full.Body["rooms"].([]any)[2]
-	if relDig(ra, "topic") != "Room A" || len(relDig(ra, "children_state").([]any)) != 0 || relDig(ra, "room_type") != nil {
+	if dig(ra, "topic") != "Room A" || len(dig(ra, "children_state").([]any)) != 0 || dig(ra, "room_type") != nil {
 		t.Fatalf("a room (not a space) entry: %v", ra)
 	}
 	rq := full.Body["rooms"].([]any)[5]
-	if relDig(rq, "join_rule") != "restricted" || !slices.Equal(relDig(rq, "allowed_room_ids").([]any), []any{string(s)}) {
+	if dig(rq, "join_rule") != "restricted" || !slices.Equal(dig(rq, "allowed_room_ids").([]any), []any{string(s)}) {
 		t.Fatalf("restricted entry: %v", rq)
 	}
 
@@ -137,13 +121,13 @@ func TestSpaceHierarchy(t *testing.T) {
 	// bob may see the public rooms and his own, not alice's private one
 	// nor the restricted one (he is not in the space); dave, in the space,
 	// may see the restricted room.
-	hierWant(t, "bob", hierIDs(t, hierGet(t, srv, bob, s, "")), s, a, s2, c, p)
-	hierWant(t, "dave", hierIDs(t, hierGet(t, srv, dave, s, "")), s, a, s2, c, q)
+	wantIDs(t, "bob", hierIDs(t, hierGet(t, srv, bob, s, "")), s, a, s2, c, p)
+	wantIDs(t, "dave", hierIDs(t, hierGet(t, srv, dave, s, "")), s, a, s2, c, q)
 
-	hierWant(t, "max_depth=1", hierIDs(t, hierGet(t, srv, alice, s, "?max_depth=1")), s, b, a, s2, q)
-	hierWant(t, "max_depth=0", hierIDs(t, hierGet(t, srv, alice, s, "?max_depth=0")), s)
-	hierWant(t, "suggested_only", hierIDs(t, hierGet(t, srv, alice, s, "?suggested_only=true")), s, a, s2)
-	hierWant(t, "from the sub-space", hierIDs(t, hierGet(t, srv, alice, s2, "")), s2, c, s, b, a, q)
+	wantIDs(t, "max_depth=1", hierIDs(t, hierGet(t, srv, alice, s, "?max_depth=1")), s, b, a, s2, q)
+	wantIDs(t, "max_depth=0", hierIDs(t, hierGet(t, srv, alice, s, "?max_depth=0")), s)
+	wantIDs(t, "suggested_only", hierIDs(t, hierGet(t, srv, alice, s, "?suggested_only=true")), s, a, s2)
+	wantIDs(t, "from the sub-space", hierIDs(t, hierGet(t, srv, alice, s2, "")), s2, c, s, b, a, q)
 
 	// Pages of two, through mautrix.
 	var paged []id.RoomID
@@ -167,12 +151,12 @@ func TestSpaceHierarchy(t *testing.T) {
 		}
 		req.From = r.NextBatch
 	}
-	hierWant(t, "paged", paged, s, b, a, s2, c, q)
+	wantIDs(t, "paged", paged, s, b, a, s2, c, q)
 
 	first := hierGet(t, srv, alice, s, "?limit=2&max_depth=3")
 	hierIDs(t, first)
 	next := url.QueryEscape(first.Body["next_batch"].(string))
-	hierWant(t, "page 2", hierIDs(t, hierGet(t, srv, alice, s, "?limit=2&max_depth=3&from="+next)), a, s2)
+	wantIDs(t, "page 2", hierIDs(t, hierGet(t, srv, alice, s, "?limit=2&max_depth=3&from="+next)), a, s2)
 	hierGet(t, srv, alice, s, "?limit=2&max_depth=2&from="+next).wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
 	hierGet(t, srv, alice, s, "?limit=2&max_depth=3&suggested_only=true&from="+next).wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
 	for _, bad := range []string{"?from=garbage", "?limit=0", "?limit=x", "?max_depth=-1", "?suggested_only=yes"} {
@@ -180,15 +164,15 @@ func TestSpaceHierarchy(t *testing.T) {
 	}
 
 	// A root the reader may not see, or that does not exist: 403.
-	private := hierCreate(t, srv, alice, map[string]any{"preset": "private_chat", "creation_content": space})
+	private := createRoomRaw(t, srv, alice, map[string]any{"preset": "private_chat", "creation_content": space})
 	hierGet(t, srv, stranger, private, "").wantErr(t, http.StatusForbidden, "M_FORBIDDEN")
 	hierGet(t, srv, stranger, "!nowhere:localhost", "").wantErr(t, http.StatusForbidden, "M_FORBIDDEN")
 	// ...but a private child under a public root is merely left out.
-	hierWant(t, "stranger", hierIDs(t, hierGet(t, srv, stranger, s, "")), s, a, s2, c)
+	wantIDs(t, "stranger", hierIDs(t, hierGet(t, srv, stranger, s, "")), s, a, s2, c)
 	// An invite is enough to see a room.
 	if _, err := alice.InviteUser(ctx, private, &mautrix.ReqInviteUser{UserID: stranger.UserID}); err != nil {
 		t.Fatal(err)
 	}
-	hierWant(t, "invited", hierIDs(t, hierGet(t, srv, stranger, private, "")), private)
-	doJSON(t, http.MethodGet, srv.URL+"/_matrix/client/v1/rooms/"+url.PathEscape(string(s))+"/hierarchy", "", nil).wantErr(t, http.StatusUnauthorized, "M_MISSING_TOKEN")
+	wantIDs(t, "invited", hierIDs(t, hierGet(t, srv, stranger, private, "")), private)
+	doJSON(t, http.MethodGet, clientURL(srv, "v1", "rooms", string(s), "hierarchy"), "", nil).wantErr(t, http.StatusUnauthorized, "M_MISSING_TOKEN")
 }

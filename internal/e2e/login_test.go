@@ -38,23 +38,6 @@ const (
 	loginOtherPw = "another long password"
 )
 
-// loginWith logs user in with a password through mautrix and returns a
-// client holding the new session.
-func loginWith(t *testing.T, srv *Server, user, password string) *mautrix.Client {
-	t.Helper()
-	cli := srv.Client()
-	_, err := cli.Login(context.Background(), &mautrix.ReqLogin{
-		Type:             mautrix.AuthTypePassword,
-		Identifier:       mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: user},
-		Password:         password,
-		StoreCredentials: true,
-	})
-	if err != nil {
-		t.Fatalf("login as %s: %v", user, err)
-	}
-	return cli
-}
-
 // loginPost sends a raw POST /login.
 func loginPost(t *testing.T, srv *Server, body any) rawResponse {
 	t.Helper()
@@ -70,16 +53,10 @@ func loginPasswordBody(user, password string) map[string]any {
 	}
 }
 
-// loginWhoami calls whoami with token as a bearer token.
-func loginWhoami(t *testing.T, srv *Server, token string) rawResponse {
-	t.Helper()
-	return doJSON(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami", token, nil)
-}
-
 // loginTokenDead fails unless token is refused with 401 M_UNKNOWN_TOKEN.
 func loginTokenDead(t *testing.T, srv *Server, token, what string) {
 	t.Helper()
-	r := loginWhoami(t, srv, token)
+	r := whoami(t, srv, token)
 	if r.Status != http.StatusUnauthorized || r.Body["errcode"] != "M_UNKNOWN_TOKEN" {
 		t.Fatalf("%s: whoami got %d %s, want 401 M_UNKNOWN_TOKEN", what, r.Status, r.Raw)
 	}
@@ -88,19 +65,9 @@ func loginTokenDead(t *testing.T, srv *Server, token, what string) {
 // loginTokenAlive fails unless whoami with token answers 200 for user.
 func loginTokenAlive(t *testing.T, srv *Server, token string, user id.UserID, what string) {
 	t.Helper()
-	r := loginWhoami(t, srv, token)
+	r := whoami(t, srv, token)
 	if r.Status != http.StatusOK || r.Body["user_id"] != string(user) {
 		t.Fatalf("%s: whoami got %d %s, want 200 for %s", what, r.Status, r.Raw, user)
-	}
-}
-
-// loginWantHTTPErr fails unless err is a Matrix error with status and errcode.
-func loginWantHTTPErr(t *testing.T, err error, status int, errcode string) {
-	t.Helper()
-	var he mautrix.HTTPError
-	if !errors.As(err, &he) || he.Response == nil || he.RespError == nil ||
-		he.Response.StatusCode != status || he.RespError.ErrCode != errcode {
-		t.Fatalf("got error %v, want %d %s", err, status, errcode)
 	}
 }
 
@@ -256,7 +223,7 @@ func TestLoginPassword(t *testing.T) {
 		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "alice"},
 		Password:   "wrong password!",
 	})
-	loginWantHTTPErr(t, err, 403, "M_FORBIDDEN")
+	wantHTTPErr(t, err, 403, "M_FORBIDDEN")
 
 	loginPost(t, srv, map[string]any{"type": "m.login.bogus", "user": "alice", "password": loginPw}).wantErr(t, 400, "M_UNKNOWN")
 
@@ -324,7 +291,7 @@ func TestTokenTransport(t *testing.T) {
 	if err != nil || who.UserID != "@tom:localhost" || who.DeviceID != cli.DeviceID {
 		t.Fatalf("whoami: %+v %v", who, err)
 	}
-	r := loginWhoami(t, srv, cli.AccessToken)
+	r := whoami(t, srv, cli.AccessToken)
 	r.wantOK(t)
 	if r.Body["user_id"] != "@tom:localhost" || r.Body["device_id"] != string(cli.DeviceID) || r.Body["is_guest"] != false {
 		t.Fatalf("whoami body %s, want user_id, device_id and is_guest false", r.Raw)
@@ -350,7 +317,7 @@ func TestTokenTransport(t *testing.T) {
 	}
 	doJSON(t, "GET", whoamiURL+"?access_token=garbage", "", nil).wantErr(t, 401, "M_UNKNOWN_TOKEN")
 	_, err = srv.Client().Whoami(ctx)
-	loginWantHTTPErr(t, err, 401, "M_MISSING_TOKEN")
+	wantHTTPErr(t, err, 401, "M_MISSING_TOKEN")
 }
 
 func TestLogoutRevokesTokens(t *testing.T) {
@@ -501,7 +468,7 @@ func TestDeviceManagement(t *testing.T) {
 	}
 
 	_, err = cli.GetDeviceInfo(ctx, "NOSUCHDEVICE")
-	loginWantHTTPErr(t, err, 404, "M_NOT_FOUND")
+	wantHTTPErr(t, err, 404, "M_NOT_FOUND")
 	doJSON(t, "PUT", srv.URL+"/_matrix/client/v3/devices/NOSUCHDEVICE", cli.AccessToken, map[string]any{"display_name": "x"}).wantErr(t, 404, "M_NOT_FOUND")
 	doJSON(t, "DELETE", srv.URL+"/_matrix/client/v3/devices/NOSUCHDEVICE", cli.AccessToken, nil).wantErr(t, 404, "M_NOT_FOUND")
 
@@ -616,7 +583,7 @@ func TestRefreshTokens(t *testing.T) {
 	// The same again one step down the chain, checking the device stays.
 	a4, _ := tokens(refresh(r3))
 	loginTokenDead(t, srv, a3, "access token replaced by the second refresh")
-	r := loginWhoami(t, srv, a4)
+	r := whoami(t, srv, a4)
 	r.wantOK(t)
 	if r.Body["device_id"] != string(resp.DeviceID) {
 		t.Fatalf("refreshed token on device %v, want %s", r.Body["device_id"], resp.DeviceID)
@@ -667,7 +634,7 @@ func TestTokenSoftLogout(t *testing.T) {
 		t.Fatalf("expiring the token: %v (%d rows)", err, tag.RowsAffected())
 	}
 
-	r := loginWhoami(t, srv, resp.AccessToken)
+	r := whoami(t, srv, resp.AccessToken)
 	r.wantErr(t, 401, "M_UNKNOWN_TOKEN")
 	if r.Body["soft_logout"] != true {
 		t.Fatalf("expired token: %s, want soft_logout true", r.Raw)
@@ -678,7 +645,7 @@ func TestTokenSoftLogout(t *testing.T) {
 	// The refresh token brings the session back on the same device.
 	rr := doJSON(t, "POST", srv.URL+"/_matrix/client/v3/refresh", "", map[string]any{"refresh_token": resp.RefreshToken})
 	rr.wantOK(t)
-	fresh := loginWhoami(t, srv, rr.Body["access_token"].(string))
+	fresh := whoami(t, srv, rr.Body["access_token"].(string))
 	fresh.wantOK(t)
 	if fresh.Body["device_id"] != string(resp.DeviceID) {
 		t.Fatalf("refreshed session on %v, want %s", fresh.Body["device_id"], resp.DeviceID)
@@ -888,7 +855,7 @@ func TestLoginLockout(t *testing.T) {
 		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "@bob:localhost"},
 		Password:   loginPw,
 	})
-	loginWantHTTPErr(t, err, 401, "M_USER_LOCKED")
+	wantHTTPErr(t, err, 401, "M_USER_LOCKED")
 	// Existing sessions keep working, and other accounts are not locked.
 	loginTokenAlive(t, srv, session.AccessToken, user, "existing session of a locked account")
 	loginWith(t, srv, "carl", loginPw)
@@ -970,7 +937,7 @@ func TestRateLimitLogin(t *testing.T) {
 		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "bob"},
 		Password:   loginPw,
 	})
-	loginWantHTTPErr(t, err, 429, "M_LIMIT_EXCEEDED")
+	wantHTTPErr(t, err, 429, "M_LIMIT_EXCEEDED")
 	// The login flows (GET) are not limited.
 	doJSON(t, "GET", srv.URL+"/_matrix/client/v3/login", "", nil).wantOK(t)
 

@@ -6,10 +6,8 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"reflect"
 	"slices"
 	"strconv"
@@ -27,37 +25,10 @@ import (
 
 const profilePassword = "correct horse battery staple"
 
-// profileWantHTTPErr fails unless err is a Matrix error answer with status
-// and errcode.
-func profileWantHTTPErr(t *testing.T, err error, status int, errcode string) {
-	t.Helper()
-	var he mautrix.HTTPError
-	if !errors.As(err, &he) || he.Response == nil {
-		t.Fatalf("got error %v, want HTTP %d %s", err, status, errcode)
-	}
-	got := ""
-	if he.RespError != nil {
-		got = he.RespError.ErrCode
-	}
-	if he.Response.StatusCode != status || got != errcode {
-		t.Fatalf("got %d %s (%s), want %d %s", he.Response.StatusCode, got, he.ResponseBody, status, errcode)
-	}
-}
-
-// profileURL joins the client API base (v3 unless another version is given)
-// with path segments, escaping each.
-func profileURL(srv *Server, version string, segments ...string) string {
-	u := srv.URL + "/_matrix/client/" + version
-	for _, s := range segments {
-		u += "/" + url.PathEscape(s)
-	}
-	return u
-}
-
 // profileDeactivate deactivates cli's account through UIA with its password.
 func profileDeactivate(t *testing.T, srv *Server, cli *mautrix.Client, password string) {
 	t.Helper()
-	u := profileURL(srv, "v3", "account", "deactivate")
+	u := clientURL(srv, "v3", "account", "deactivate")
 	first := doJSON(t, "POST", u, cli.AccessToken, map[string]any{})
 	if first.Status != http.StatusUnauthorized {
 		t.Fatalf("deactivate without auth: got %d %s, want a 401 UIA challenge", first.Status, first.Raw)
@@ -153,27 +124,27 @@ func TestProfileSetAndGet(t *testing.T) {
 	}
 
 	// The r0 paths are aliases of the same endpoints.
-	r0 := doJSON(t, "GET", profileURL(srv, "r0", "profile", alice.UserID.String()), "", nil)
+	r0 := doJSON(t, "GET", clientURL(srv, "r0", "profile", alice.UserID.String()), "", nil)
 	r0.wantOK(t)
 	if r0.Body["displayname"] != "Alice Liddell ✨" || r0.Body["avatar_url"] != avatar.String() {
 		t.Fatalf("r0 profile = %s", r0.Raw)
 	}
-	doJSON(t, "PUT", profileURL(srv, "r0", "profile", alice.UserID.String(), "displayname"), alice.AccessToken,
+	doJSON(t, "PUT", clientURL(srv, "r0", "profile", alice.UserID.String(), "displayname"), alice.AccessToken,
 		map[string]any{"displayname": "Alice via r0"}).wantOK(t)
 	if dn, err := anon.GetDisplayName(ctx, alice.UserID); err != nil || dn.DisplayName != "Alice via r0" {
 		t.Fatalf("after r0 PUT: displayname = %+v, %v", dn, err)
 	}
 
 	// An empty avatar_url removes the avatar.
-	doJSON(t, "PUT", profileURL(srv, "v3", "profile", alice.UserID.String(), "avatar_url"), alice.AccessToken,
+	doJSON(t, "PUT", clientURL(srv, "v3", "profile", alice.UserID.String(), "avatar_url"), alice.AccessToken,
 		map[string]any{"avatar_url": ""}).wantOK(t)
-	full := doJSON(t, "GET", profileURL(srv, "v3", "profile", alice.UserID.String()), "", nil)
+	full := doJSON(t, "GET", clientURL(srv, "v3", "profile", alice.UserID.String()), "", nil)
 	full.wantOK(t)
 	if _, ok := full.Body["avatar_url"]; ok || full.Body["displayname"] != "Alice via r0" {
 		t.Fatalf("after removing the avatar: %s", full.Raw)
 	}
 	_, err = anon.GetAvatarURL(ctx, alice.UserID)
-	profileWantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+	wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
 }
 
 func TestProfileErrors(t *testing.T) {
@@ -186,14 +157,14 @@ func TestProfileErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	aliceURL := func(field string) string {
-		return profileURL(srv, "v3", "profile", alice.UserID.String(), field)
+		return clientURL(srv, "v3", "profile", alice.UserID.String(), field)
 	}
 
 	t.Run("unknown local user", func(t *testing.T) {
 		_, err := srv.Client().GetProfile(ctx, "@nobody:localhost")
-		profileWantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+		wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
 		_, err = srv.Client().GetDisplayName(ctx, "@nobody:localhost")
-		profileWantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+		wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
 	})
 
 	t.Run("someone else's profile", func(t *testing.T) {
@@ -292,16 +263,16 @@ func TestAccountDataRoundTrip(t *testing.T) {
 			t.Fatalf("got %v, want %v", got, tags)
 		}
 		// Not visible globally, nor in another room.
-		profileWantHTTPErr(t, alice.GetAccountData(ctx, "org.example.room", &got), http.StatusNotFound, "M_NOT_FOUND")
-		profileWantHTTPErr(t, alice.GetRoomAccountData(ctx, "!other:localhost", "org.example.room", &got), http.StatusNotFound, "M_NOT_FOUND")
+		wantHTTPErr(t, alice.GetAccountData(ctx, "org.example.room", &got), http.StatusNotFound, "M_NOT_FOUND")
+		wantHTTPErr(t, alice.GetRoomAccountData(ctx, "!other:localhost", "org.example.room", &got), http.StatusNotFound, "M_NOT_FOUND")
 		// And global data is not visible in a room.
-		profileWantHTTPErr(t, alice.GetRoomAccountData(ctx, room, "org.example.settings", &got), http.StatusNotFound, "M_NOT_FOUND")
+		wantHTTPErr(t, alice.GetRoomAccountData(ctx, room, "org.example.settings", &got), http.StatusNotFound, "M_NOT_FOUND")
 	})
 
 	t.Run("NUL inside a string", func(t *testing.T) {
 		for _, u := range []string{
-			profileURL(srv, "v3", "user", alice.UserID.String(), "account_data", "org.example.nul"),
-			profileURL(srv, "v3", "user", alice.UserID.String(), "rooms", room.String(), "account_data", "org.example.nul"),
+			clientURL(srv, "v3", "user", alice.UserID.String(), "account_data", "org.example.nul"),
+			clientURL(srv, "v3", "user", alice.UserID.String(), "rooms", room.String(), "account_data", "org.example.nul"),
 		} {
 			doJSON(t, "PUT", u, alice.AccessToken, `{"text":"a\u0000b","k\u0000":1}`).wantOK(t)
 			got := doJSON(t, "GET", u, alice.AccessToken, nil)
@@ -313,7 +284,7 @@ func TestAccountDataRoundTrip(t *testing.T) {
 	})
 
 	t.Run("r0 alias", func(t *testing.T) {
-		u := profileURL(srv, "r0", "user", alice.UserID.String(), "account_data", "org.example.r0")
+		u := clientURL(srv, "r0", "user", alice.UserID.String(), "account_data", "org.example.r0")
 		doJSON(t, "PUT", u, alice.AccessToken, map[string]any{"v": "r0"}).wantOK(t)
 		var got map[string]any
 		if err := alice.GetAccountData(ctx, "org.example.r0", &got); err != nil || got["v"] != "r0" {
@@ -330,10 +301,10 @@ func TestAccountDataErrors(t *testing.T) {
 	bob := registerUser(t, srv, "bob", profilePassword)
 	room := "!someroom:localhost"
 	global := func(user id.UserID, typ string) string {
-		return profileURL(srv, "v3", "user", user.String(), "account_data", typ)
+		return clientURL(srv, "v3", "user", user.String(), "account_data", typ)
 	}
 	inRoom := func(user id.UserID, roomID, typ string) string {
-		return profileURL(srv, "v3", "user", user.String(), "rooms", roomID, "account_data", typ)
+		return clientURL(srv, "v3", "user", user.String(), "rooms", roomID, "account_data", typ)
 	}
 	if err := alice.SetAccountData(ctx, "org.example.secret", map[string]any{"s": 1}); err != nil {
 		t.Fatal(err)
@@ -403,9 +374,9 @@ func TestFilterCreateAndGet(t *testing.T) {
 	bob := registerUser(t, srv, "bob", profilePassword)
 	filterURL := func(user id.UserID, fid string) string {
 		if fid == "" {
-			return profileURL(srv, "v3", "user", user.String(), "filter")
+			return clientURL(srv, "v3", "user", user.String(), "filter")
 		}
-		return profileURL(srv, "v3", "user", user.String(), "filter", fid)
+		return clientURL(srv, "v3", "user", user.String(), "filter", fid)
 	}
 
 	sent := &mautrix.Filter{
@@ -454,7 +425,7 @@ func TestFilterCreateAndGet(t *testing.T) {
 	}
 
 	// The r0 alias reads the same filter.
-	r0 := doJSON(t, "GET", profileURL(srv, "r0", "user", alice.UserID.String(), "filter", created.FilterID), alice.AccessToken, nil)
+	r0 := doJSON(t, "GET", clientURL(srv, "r0", "user", alice.UserID.String(), "filter", created.FilterID), alice.AccessToken, nil)
 	r0.wantOK(t)
 	if !reflect.DeepEqual(r0.Body, want) {
 		t.Fatalf("r0 filter = %s", r0.Raw)
@@ -526,7 +497,7 @@ func TestCapabilities(t *testing.T) {
 	}
 
 	// The raw answer against capabilities.yaml's schema.
-	r := doJSON(t, "GET", profileURL(srv, "v3", "capabilities"), alice.AccessToken, nil)
+	r := doJSON(t, "GET", clientURL(srv, "v3", "capabilities"), alice.AccessToken, nil)
 	r.wantOK(t)
 	capsObj, ok := r.Body["capabilities"].(map[string]any)
 	if !ok {
@@ -568,7 +539,7 @@ func TestCapabilities(t *testing.T) {
 	}
 
 	// r0 alias.
-	doJSON(t, "GET", profileURL(srv, "r0", "capabilities"), alice.AccessToken, nil).wantOK(t)
+	doJSON(t, "GET", clientURL(srv, "r0", "capabilities"), alice.AccessToken, nil).wantOK(t)
 }
 
 func TestUserDirectoryDefaultScope(t *testing.T) {
@@ -611,7 +582,7 @@ func TestUserDirectorySearchAllUsers(t *testing.T) {
 		profileWantIDs(t, "nomatch", profileSearchIDs(t, searcher, "nomatch"))
 
 		// The entry carries the spec's fields: user_id, display_name, avatar_url.
-		r := doJSON(t, "POST", profileURL(srv, "v3", "user_directory", "search"), searcher.AccessToken, map[string]any{"search_term": "zebra"})
+		r := doJSON(t, "POST", clientURL(srv, "v3", "user_directory", "search"), searcher.AccessToken, map[string]any{"search_term": "zebra"})
 		r.wantOK(t)
 		results, _ := r.Body["results"].([]any)
 		if len(results) != 1 || r.Body["limited"] != false {
@@ -668,7 +639,7 @@ func TestUserDirectorySearchAllUsers(t *testing.T) {
 	})
 
 	t.Run("missing or mistyped search_term", func(t *testing.T) {
-		u := profileURL(srv, "v3", "user_directory", "search")
+		u := clientURL(srv, "v3", "user_directory", "search")
 		doJSON(t, "POST", u, searcher.AccessToken, map[string]any{"limit": 5}).wantErr(t, http.StatusBadRequest, "M_MISSING_PARAM")
 		doJSON(t, "POST", u, searcher.AccessToken, map[string]any{"search_term": 5}).wantErr(t, http.StatusBadRequest, "M_BAD_JSON")
 		doJSON(t, "POST", u, searcher.AccessToken, "term").wantErr(t, http.StatusBadRequest, "M_NOT_JSON")
@@ -701,7 +672,7 @@ func TestDeactivation(t *testing.T) {
 		t.Fatalf("logged in as %s", login.UserID)
 	}
 
-	u := profileURL(srv, "v3", "account", "deactivate")
+	u := clientURL(srv, "v3", "account", "deactivate")
 	// UIA: a challenge offering the password stage, then a wrong password
 	// that changes nothing.
 	first := doJSON(t, "POST", u, leaver.AccessToken, map[string]any{})
@@ -735,9 +706,9 @@ func TestDeactivation(t *testing.T) {
 
 	t.Run("every token is dead", func(t *testing.T) {
 		_, err := leaver.Whoami(ctx)
-		profileWantHTTPErr(t, err, http.StatusUnauthorized, "M_UNKNOWN_TOKEN")
+		wantHTTPErr(t, err, http.StatusUnauthorized, "M_UNKNOWN_TOKEN")
 		_, err = other.Whoami(ctx)
-		profileWantHTTPErr(t, err, http.StatusUnauthorized, "M_UNKNOWN_TOKEN")
+		wantHTTPErr(t, err, http.StatusUnauthorized, "M_UNKNOWN_TOKEN")
 	})
 
 	t.Run("no more logins", func(t *testing.T) {
@@ -746,11 +717,11 @@ func TestDeactivation(t *testing.T) {
 			Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "leaver"},
 			Password:   profilePassword,
 		})
-		profileWantHTTPErr(t, err, http.StatusForbidden, "M_USER_DEACTIVATED")
+		wantHTTPErr(t, err, http.StatusForbidden, "M_USER_DEACTIVATED")
 	})
 
 	t.Run("profile is gone", func(t *testing.T) {
-		r := doJSON(t, "GET", profileURL(srv, "v3", "profile", leaver.UserID.String()), "", nil)
+		r := doJSON(t, "GET", clientURL(srv, "v3", "profile", leaver.UserID.String()), "", nil)
 		if r.Status == http.StatusOK {
 			if len(r.Body) != 0 {
 				t.Fatalf("deactivated profile = %s, want no displayname or avatar", r.Raw)
@@ -759,15 +730,15 @@ func TestDeactivation(t *testing.T) {
 			r.wantErr(t, http.StatusNotFound, "M_NOT_FOUND")
 		}
 		_, err := srv.Client().GetDisplayName(ctx, leaver.UserID)
-		profileWantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+		wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
 		_, err = srv.Client().GetAvatarURL(ctx, leaver.UserID)
-		profileWantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+		wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
 	})
 
 	t.Run("username stays taken", func(t *testing.T) {
 		_, err := srv.Client().RegisterDummy(ctx, &mautrix.ReqRegister[any]{Username: "leaver", Password: profilePassword})
-		profileWantHTTPErr(t, err, http.StatusBadRequest, "M_USER_IN_USE")
-		doJSON(t, "GET", profileURL(srv, "v3", "register", "available")+"?username=leaver", "", nil).
+		wantHTTPErr(t, err, http.StatusBadRequest, "M_USER_IN_USE")
+		doJSON(t, "GET", clientURL(srv, "v3", "register", "available")+"?username=leaver", "", nil).
 			wantErr(t, http.StatusBadRequest, "M_USER_IN_USE")
 	})
 }
@@ -777,7 +748,7 @@ func TestThreePIDList(t *testing.T) {
 	srv := startAccounts(t, nil)
 	alice := registerUser(t, srv, "alice", profilePassword)
 	for _, version := range []string{"v3", "r0"} {
-		r := doJSON(t, "GET", profileURL(srv, version, "account", "3pid"), alice.AccessToken, nil)
+		r := doJSON(t, "GET", clientURL(srv, version, "account", "3pid"), alice.AccessToken, nil)
 		r.wantOK(t)
 		list, isList := r.Body["threepids"].([]any)
 		if !isList || len(list) != 0 || len(r.Body) != 1 {
@@ -794,7 +765,7 @@ func TestVoIPTURNServer(t *testing.T) {
 		t.Parallel()
 		srv := startAccounts(t, nil)
 		alice := registerUser(t, srv, "alice", profilePassword)
-		r := doJSON(t, "GET", profileURL(srv, "v3", "voip", "turnServer"), alice.AccessToken, nil)
+		r := doJSON(t, "GET", clientURL(srv, "v3", "voip", "turnServer"), alice.AccessToken, nil)
 		r.wantOK(t)
 		if strings.TrimSpace(string(r.Raw)) != "{}" {
 			t.Fatalf("turnServer without TURN = %s, want {}", r.Raw)
@@ -888,7 +859,7 @@ func TestProfileEndpointsRequireAuth(t *testing.T) {
 	}
 	for _, c := range calls {
 		for _, version := range []string{"v3", "r0"} {
-			u := profileURL(srv, version, c.seg...)
+			u := clientURL(srv, version, c.seg...)
 			r := doJSON(t, c.method, u, "", c.body)
 			if r.Status != http.StatusUnauthorized || r.Body["errcode"] != "M_MISSING_TOKEN" {
 				t.Errorf("%s %s without a token: %d %s, want 401 M_MISSING_TOKEN", c.method, u, r.Status, r.Raw)
@@ -905,7 +876,7 @@ func TestProfileEndpointsRequireAuth(t *testing.T) {
 		t.Fatalf("profile after refused writes = %+v, %v", p, err)
 	}
 	// And profile reads need no token.
-	doJSON(t, "GET", profileURL(srv, "v3", "profile", me, "displayname"), "", nil).wantOK(t)
+	doJSON(t, "GET", clientURL(srv, "v3", "profile", me, "displayname"), "", nil).wantOK(t)
 }
 
 // Clients escape path parameters differently: matrix-js-sdk uses

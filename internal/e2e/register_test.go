@@ -75,12 +75,6 @@ func regDummy(t *testing.T, url string, body map[string]any) rawResponse {
 	return doJSON(t, "POST", url, "", withAuth)
 }
 
-// regWhoami returns the whoami answer for token.
-func regWhoami(t *testing.T, srv *Server, token string) rawResponse {
-	t.Helper()
-	return doJSON(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami", token, nil)
-}
-
 // regWantCredentials checks a successful registration answer: user ID,
 // device and a token that whoami accepts for that user and device.
 func regWantCredentials(t *testing.T, srv *Server, r rawResponse, wantUser id.UserID) string {
@@ -94,7 +88,7 @@ func regWantCredentials(t *testing.T, srv *Server, r rawResponse, wantUser id.Us
 	if wantUser != "" && r.Body["user_id"] != string(wantUser) {
 		t.Fatalf("user_id %v, want %s", r.Body["user_id"], wantUser)
 	}
-	who := regWhoami(t, srv, token)
+	who := whoami(t, srv, token)
 	who.wantOK(t)
 	if who.Body["user_id"] != r.Body["user_id"] || who.Body["device_id"] != device {
 		t.Fatalf("whoami %s does not match registration %s", who.Raw, r.Raw)
@@ -214,30 +208,22 @@ func TestRegistrationR0Alias(t *testing.T) {
 // regInsertToken adds a registration token straight into the database.
 func regInsertToken(t *testing.T, dbURL, token string, usesAllowed *int, expiry *time.Time) {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, `INSERT INTO registration_tokens (token, uses_allowed, expiry_time) VALUES ($1, $2, $3)`,
-		token, usesAllowed, expiry); err != nil {
-		t.Fatal(err)
-	}
+	withDB(t, dbURL, func(ctx context.Context, conn *pgx.Conn) {
+		if _, err := conn.Exec(ctx, `INSERT INTO registration_tokens (token, uses_allowed, expiry_time) VALUES ($1, $2, $3)`,
+			token, usesAllowed, expiry); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // regTokenCounts reads a token's pending and completed uses.
 func regTokenCounts(t *testing.T, dbURL, token string) (pending, completed int) {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if err := conn.QueryRow(ctx, `SELECT pending, completed FROM registration_tokens WHERE token = $1`, token).Scan(&pending, &completed); err != nil {
-		t.Fatal(err)
-	}
+	withDB(t, dbURL, func(ctx context.Context, conn *pgx.Conn) {
+		if err := conn.QueryRow(ctx, `SELECT pending, completed FROM registration_tokens WHERE token = $1`, token).Scan(&pending, &completed); err != nil {
+			t.Fatal(err)
+		}
+	})
 	return pending, completed
 }
 
@@ -559,7 +545,7 @@ func TestRegisterGuest(t *testing.T) {
 		if resp.AccessToken == "" || resp.DeviceID == "" || resp.UserID == "" {
 			t.Fatalf("guest registration %+v", resp)
 		}
-		who := regWhoami(t, srv, resp.AccessToken)
+		who := whoami(t, srv, resp.AccessToken)
 		who.wantOK(t)
 		if who.Body["is_guest"] != true || who.Body["user_id"] != string(resp.UserID) {
 			t.Fatalf("guest whoami: %s", who.Raw)
@@ -572,7 +558,7 @@ func TestRegisterGuest(t *testing.T) {
 		}
 		// Ordinary users are not guests.
 		user := registerUser(t, srv, "member", regPassword)
-		who = regWhoami(t, srv, user.AccessToken)
+		who = whoami(t, srv, user.AccessToken)
 		who.wantOK(t)
 		if who.Body["is_guest"] != false {
 			t.Fatalf("user whoami: %s", who.Raw)
@@ -687,16 +673,12 @@ func TestSharedSecretRegistration(t *testing.T) {
 	}
 	isAdmin := func(userID string) bool {
 		t.Helper()
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, dbURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close(ctx)
 		var admin bool
-		if err := conn.QueryRow(ctx, `SELECT is_admin FROM users WHERE user_id = $1`, userID).Scan(&admin); err != nil {
-			t.Fatal(err)
-		}
+		withDB(t, dbURL, func(ctx context.Context, conn *pgx.Conn) {
+			if err := conn.QueryRow(ctx, `SELECT is_admin FROM users WHERE user_id = $1`, userID).Scan(&admin); err != nil {
+				t.Fatal(err)
+			}
+		})
 		return admin
 	}
 	register := func(nonce, user, password string, admin bool, mac string) rawResponse {
@@ -756,18 +738,12 @@ func TestSharedSecretRegistration(t *testing.T) {
 	register("made-up", "w6", regPassword, false, regMAC(secret, "made-up", "w6", regPassword, false)).wantErr(t, 403, "M_FORBIDDEN")
 	// An expired nonce (they live 60 s; age this one in the database).
 	n := getNonce()
-	func() {
-		ctx := context.Background()
-		conn, err := pgx.Connect(ctx, dbURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close(ctx)
+	withDB(t, dbURL, func(ctx context.Context, conn *pgx.Conn) {
 		tag, err := conn.Exec(ctx, `UPDATE registration_nonces SET expires_at = now() - interval '1 second' WHERE nonce = $1`, n)
 		if err != nil || tag.RowsAffected() != 1 {
 			t.Fatalf("ageing nonce: %v %v", tag, err)
 		}
-	}()
+	})
 	register(n, "w9", regPassword, false, regMAC(secret, n, "w9", regPassword, false)).wantErr(t, 403, "M_FORBIDDEN")
 	regAvailable(t, srv, "w9").wantOK(t)
 	// Missing fields.

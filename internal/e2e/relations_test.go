@@ -2,19 +2,11 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
-	"regexp"
-	"runtime"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -73,38 +65,23 @@ func relReaction(target id.EventID, key string) map[string]any {
 	return map[string]any{"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": target, "key": key}}
 }
 
-// relGet is an authenticated GET of path (under the server URL).
-func relGet(t *testing.T, srv *Server, cli *mautrix.Client, path string) rawResponse {
+// relGet is an authenticated GET of u.
+func relGet(t *testing.T, cli *mautrix.Client, u string) rawResponse {
 	t.Helper()
-	return doJSON(t, http.MethodGet, srv.URL+path, cli.AccessToken, nil)
+	return doJSON(t, http.MethodGet, u, cli.AccessToken, nil)
 }
 
-func relPath(roomID id.RoomID, rest ...string) string {
-	p := "/_matrix/client/v1/rooms/" + url.PathEscape(string(roomID))
-	for _, r := range rest {
-		p += "/" + url.PathEscape(r)
-	}
-	return p
+// relURL is the v1 client API URL of roomID's rest.
+func relURL(srv *Server, roomID id.RoomID, rest ...string) string {
+	return clientURL(srv, "v1", append([]string{"rooms", string(roomID)}, rest...)...)
 }
 
 // relEvent fetches one event as JSON with /event.
 func relEvent(t *testing.T, srv *Server, cli *mautrix.Client, roomID id.RoomID, eventID id.EventID) map[string]any {
 	t.Helper()
-	r := doJSON(t, http.MethodGet, srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(string(roomID))+"/event/"+url.PathEscape(string(eventID)), cli.AccessToken, nil)
+	r := doJSON(t, http.MethodGet, clientURL(srv, "v3", "rooms", string(roomID), "event", string(eventID)), cli.AccessToken, nil)
 	r.wantOK(t)
 	return r.Body
-}
-
-// relDig walks nested JSON objects.
-func relDig(v any, keys ...string) any {
-	for _, k := range keys {
-		m, ok := v.(map[string]any)
-		if !ok {
-			return nil
-		}
-		v = m[k]
-	}
-	return v
 }
 
 // relChunkIDs lists the event IDs of a response's chunk.
@@ -116,26 +93,16 @@ func relChunkIDs(t *testing.T, body map[string]any) []id.EventID {
 	}
 	out := []id.EventID{}
 	for _, e := range chunk {
-		out = append(out, id.EventID(relDig(e, "event_id").(string)))
+		out = append(out, id.EventID(dig(e, "event_id").(string)))
 	}
 	return out
-}
-
-func relWantIDs(t *testing.T, what string, got []id.EventID, want ...id.EventID) {
-	t.Helper()
-	if want == nil {
-		want = []id.EventID{}
-	}
-	if !slices.Equal(got, want) {
-		t.Fatalf("%s: got %v, want %v", what, got, want)
-	}
 }
 
 // relFind returns the event with eventID in a chunk.
 func relFind(t *testing.T, body map[string]any, key string, eventID id.EventID) map[string]any {
 	t.Helper()
 	for _, e := range body[key].([]any) {
-		if relDig(e, "event_id") == string(eventID) {
+		if dig(e, "event_id") == string(eventID) {
 			return e.(map[string]any)
 		}
 	}
@@ -185,18 +152,18 @@ func TestEditsAggregated(t *testing.T) {
 
 	wantEdit := func(what string, ev map[string]any, want id.EventID, body string) {
 		t.Helper()
-		if got := relDig(ev, "content", "body"); got != "hello" {
+		if got := dig(ev, "content", "body"); got != "hello" {
 			t.Fatalf("%s: the original's content was changed: %v", what, ev["content"])
 		}
-		rep := relDig(ev, "unsigned", "m.relations", "m.replace")
+		rep := dig(ev, "unsigned", "m.relations", "m.replace")
 		if want == "" {
 			if rep != nil {
 				t.Fatalf("%s: unexpected m.replace %v", what, rep)
 			}
 			return
 		}
-		if relDig(rep, "event_id") != string(want) || relDig(rep, "content", "m.new_content", "body") != body ||
-			relDig(rep, "sender") != string(alice.UserID) || relDig(rep, "type") != "m.room.message" || relDig(rep, "origin_server_ts") == nil {
+		if dig(rep, "event_id") != string(want) || dig(rep, "content", "m.new_content", "body") != body ||
+			dig(rep, "sender") != string(alice.UserID) || dig(rep, "type") != "m.room.message" || dig(rep, "origin_server_ts") == nil {
 			t.Fatalf("%s: m.replace = %v, want the whole event %s", what, rep, want)
 		}
 	}
@@ -206,7 +173,7 @@ func TestEditsAggregated(t *testing.T) {
 	msgs.wantOK(t)
 	wantEdit("/messages", relFind(t, msgs.Body, "chunk", orig), e2, "hello two")
 	// The edit of an edit is not bundled with e2 either.
-	if rep := relDig(relFind(t, msgs.Body, "chunk", e2), "unsigned", "m.relations", "m.replace"); rep != nil {
+	if rep := dig(relFind(t, msgs.Body, "chunk", e2), "unsigned", "m.relations", "m.replace"); rep != nil {
 		t.Fatalf("an edit got an edit bundled: %v", rep)
 	}
 	ctxResp := doJSON(t, http.MethodGet, srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(string(roomID))+"/context/"+url.PathEscape(string(orig))+"?limit=4", bob.AccessToken, nil)
@@ -232,7 +199,7 @@ func TestEditsAggregated(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := relEvent(t, srv, bob, roomID, orig)
-	if rep := relDig(ev, "unsigned", "m.relations", "m.replace"); rep != nil {
+	if rep := dig(ev, "unsigned", "m.relations", "m.replace"); rep != nil {
 		t.Fatalf("a redacted original has m.replace %v", rep)
 	}
 }
@@ -257,16 +224,16 @@ func TestThreadAggregation(t *testing.T) {
 	check := func(reader *mautrix.Client, wantCount int, wantLatest id.EventID, participated bool) map[string]any {
 		t.Helper()
 		ev := relEvent(t, srv, reader, roomID, root)
-		rels := relDig(ev, "unsigned", "m.relations")
-		th := relDig(rels, "m.thread")
+		rels := dig(ev, "unsigned", "m.relations")
+		th := dig(rels, "m.thread")
 		if th == nil {
 			t.Fatalf("%s: no m.thread aggregation: %v", reader.UserID, ev["unsigned"])
 		}
-		if relDig(th, "count") != float64(wantCount) || relDig(th, "latest_event", "event_id") != string(wantLatest) ||
-			relDig(th, "current_user_participated") != participated {
+		if dig(th, "count") != float64(wantCount) || dig(th, "latest_event", "event_id") != string(wantLatest) ||
+			dig(th, "current_user_participated") != participated {
 			t.Fatalf("%s: m.thread = %v", reader.UserID, th)
 		}
-		if relDig(rels, "m.annotation") != nil {
+		if dig(rels, "m.annotation") != nil {
 			t.Fatalf("annotations are not aggregated by the server: %v", rels)
 		}
 		return th.(map[string]any)
@@ -275,30 +242,30 @@ func TestThreadAggregation(t *testing.T) {
 	check(bob, 2, t2, true)         // bob replied
 	check(carol, 2, t2, false)      // carol only referenced and reacted
 	// The latest event carries its own aggregations.
-	if relDig(th, "latest_event", "unsigned", "m.relations", "m.replace", "event_id") != string(edit) {
+	if dig(th, "latest_event", "unsigned", "m.relations", "m.replace", "event_id") != string(edit) {
 		t.Fatalf("latest_event has no bundled edit: %v", th["latest_event"])
 	}
-	if relDig(th, "latest_event", "content", "body") != "second reply" {
+	if dig(th, "latest_event", "content", "body") != "second reply" {
 		t.Fatalf("latest_event content was replaced: %v", th["latest_event"])
 	}
 	ev := relEvent(t, srv, alice, roomID, root)
-	chunk, _ := relDig(ev, "unsigned", "m.relations", "m.reference", "chunk").([]any)
-	if len(chunk) != 1 || relDig(chunk[0], "event_id") != string(ref) {
-		t.Fatalf("m.reference aggregation = %v", relDig(ev, "unsigned", "m.relations"))
+	chunk, _ := dig(ev, "unsigned", "m.relations", "m.reference", "chunk").([]any)
+	if len(chunk) != 1 || dig(chunk[0], "event_id") != string(ref) {
+		t.Fatalf("m.reference aggregation = %v", dig(ev, "unsigned", "m.relations"))
 	}
 
 	// carol ignores alice's co-replier bob: his reply leaves her counts.
 	relIgnore(t, carol, bob.UserID)
 	msgs := doJSON(t, http.MethodGet, srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(string(roomID))+"/messages?dir=b&limit=50", carol.AccessToken, nil)
 	msgs.wantOK(t)
-	cth := relDig(relFind(t, msgs.Body, "chunk", root), "unsigned", "m.relations", "m.thread")
-	if relDig(cth, "count") != float64(1) || relDig(cth, "latest_event", "event_id") != string(t2) {
+	cth := dig(relFind(t, msgs.Body, "chunk", root), "unsigned", "m.relations", "m.thread")
+	if dig(cth, "count") != float64(1) || dig(cth, "latest_event", "event_id") != string(t2) {
 		t.Fatalf("ignored user's reply counted: %v", cth)
 	}
 	// ... and his reply is gone from /relations too.
-	r := relGet(t, srv, carol, relPath(roomID, "relations", string(root), "m.thread"))
+	r := relGet(t, carol, relURL(srv, roomID, "relations", string(root), "m.thread"))
 	r.wantOK(t)
-	relWantIDs(t, "carol's thread", relChunkIDs(t, r.Body), t2)
+	wantIDs(t, "carol's thread", relChunkIDs(t, r.Body), t2)
 
 	// Redacting a reply breaks its relation: the count drops, the latest
 	// moves back.
@@ -327,12 +294,12 @@ func TestRelationsEndpoint(t *testing.T) {
 
 	get := func(q string, rest ...string) rawResponse {
 		t.Helper()
-		return relGet(t, srv, bob, relPath(roomID, append([]string{"relations", string(parent)}, rest...)...)+q)
+		return relGet(t, bob, relURL(srv, roomID, append([]string{"relations", string(parent)}, rest...)...)+q)
 	}
 	all := get("")
 	all.wantOK(t)
-	relWantIDs(t, "all, newest first", relChunkIDs(t, all.Body), ref, a1, t2, t1)
-	relValidate(t, all.Body, "relations.yaml", "/rooms/{roomId}/relations/{eventId}")
+	wantIDs(t, "all, newest first", relChunkIDs(t, all.Body), ref, a1, t2, t1)
+	specValidate(t, all.Body, "relations.yaml", "/rooms/{roomId}/relations/{eventId}", "get", "200")
 	if _, ok := all.Body["recursion_depth"]; ok {
 		t.Fatal("recursion_depth answered without recurse")
 	}
@@ -342,19 +309,19 @@ func TestRelationsEndpoint(t *testing.T) {
 
 	th := get("", "m.thread")
 	th.wantOK(t)
-	relWantIDs(t, "m.thread", relChunkIDs(t, th.Body), t2, t1)
-	relValidate(t, th.Body, "relations.yaml", "/rooms/{roomId}/relations/{eventId}/{relType}")
+	wantIDs(t, "m.thread", relChunkIDs(t, th.Body), t2, t1)
+	specValidate(t, th.Body, "relations.yaml", "/rooms/{roomId}/relations/{eventId}/{relType}", "get", "200")
 	rx := get("", "m.annotation", "m.reaction")
 	rx.wantOK(t)
-	relWantIDs(t, "m.annotation/m.reaction", relChunkIDs(t, rx.Body), a1)
-	relValidate(t, rx.Body, "relations.yaml", "/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}")
+	wantIDs(t, "m.annotation/m.reaction", relChunkIDs(t, rx.Body), a1)
+	specValidate(t, rx.Body, "relations.yaml", "/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", "get", "200")
 	none := get("", "m.annotation", "m.room.message")
 	none.wantOK(t)
-	relWantIDs(t, "m.annotation/m.room.message", relChunkIDs(t, none.Body))
+	wantIDs(t, "m.annotation/m.room.message", relChunkIDs(t, none.Body))
 
 	// The chunk is in client format with bundled aggregations of its own.
 	parentEv := relEvent(t, srv, bob, roomID, parent)
-	if relDig(parentEv, "unsigned", "m.relations", "m.thread", "count") != float64(2) {
+	if dig(parentEv, "unsigned", "m.relations", "m.thread", "count") != float64(2) {
 		t.Fatalf("parent aggregation: %v", parentEv["unsigned"])
 	}
 
@@ -380,19 +347,19 @@ func TestRelationsEndpoint(t *testing.T) {
 		}
 		req.From = resp.NextBatch
 	}
-	relWantIDs(t, "paged backward", got, ref, a1, t2, t1)
+	wantIDs(t, "paged backward", got, ref, a1, t2, t1)
 
 	// Forward, three then the rest.
 	f1 := get("?dir=f&limit=3")
 	f1.wantOK(t)
-	relWantIDs(t, "forward page 1", relChunkIDs(t, f1.Body), t1, t2, a1)
+	wantIDs(t, "forward page 1", relChunkIDs(t, f1.Body), t1, t2, a1)
 	next, _ := f1.Body["next_batch"].(string)
 	if next == "" {
 		t.Fatalf("no next_batch: %s", f1.Raw)
 	}
 	f2 := get("?dir=f&limit=3&from=" + url.QueryEscape(next))
 	f2.wantOK(t)
-	relWantIDs(t, "forward page 2", relChunkIDs(t, f2.Body), ref)
+	wantIDs(t, "forward page 2", relChunkIDs(t, f2.Body), ref)
 	if f2.Body["next_batch"] != nil || f2.Body["prev_batch"] != next {
 		t.Fatalf("last page tokens: %s", f2.Raw)
 	}
@@ -400,7 +367,7 @@ func TestRelationsEndpoint(t *testing.T) {
 	// including) the forward page's end.
 	b := get("?dir=b&to=" + url.QueryEscape(next))
 	b.wantOK(t)
-	relWantIDs(t, "backward to", relChunkIDs(t, b.Body), ref)
+	wantIDs(t, "backward to", relChunkIDs(t, b.Body), ref)
 
 	// Recursion: x <- y (reference) <- z (annotation) <- w (reference) <- v (reference).
 	x := relSend(t, alice, roomID, "m.room.message", relText("x"))
@@ -410,24 +377,24 @@ func TestRelationsEndpoint(t *testing.T) {
 	relSend(t, alice, roomID, "org.example.ref", map[string]any{"m.relates_to": map[string]any{"rel_type": "m.reference", "event_id": w}})
 	rel := func(q string, rest ...string) rawResponse {
 		t.Helper()
-		r := relGet(t, srv, bob, relPath(roomID, append([]string{"relations", string(x)}, rest...)...)+q)
+		r := relGet(t, bob, relURL(srv, roomID, append([]string{"relations", string(x)}, rest...)...)+q)
 		r.wantOK(t)
 		return r
 	}
 	rec := rel("?recurse=true")
-	relWantIDs(t, "recurse", relChunkIDs(t, rec.Body), w, z, y)
+	wantIDs(t, "recurse", relChunkIDs(t, rec.Body), w, z, y)
 	if rec.Body["recursion_depth"] != float64(3) {
 		t.Fatalf("recursion_depth = %v", rec.Body["recursion_depth"])
 	}
-	relValidate(t, rec.Body, "relations.yaml", "/rooms/{roomId}/relations/{eventId}")
+	specValidate(t, rec.Body, "relations.yaml", "/rooms/{roomId}/relations/{eventId}", "get", "200")
 	direct := rel("?recurse=false")
-	relWantIDs(t, "recurse=false", relChunkIDs(t, direct.Body), y)
+	wantIDs(t, "recurse=false", relChunkIDs(t, direct.Body), y)
 	if direct.Body["recursion_depth"] != float64(1) {
 		t.Fatalf("recursion_depth with recurse=false = %v", direct.Body["recursion_depth"])
 	}
 	// The filter applies at every level: z is no reference, so w is not
 	// reached through it.
-	relWantIDs(t, "recurse m.reference", relChunkIDs(t, rel("?recurse=true", "m.reference").Body), y)
+	wantIDs(t, "recurse m.reference", relChunkIDs(t, rel("?recurse=true", "m.reference").Body), y)
 	resp, err := bob.GetRelations(ctx, roomID, x, &mautrix.ReqGetRelations{Recurse: true, Dir: mautrix.DirectionForward})
 	if err != nil || resp.RecursionDepth != 3 || len(resp.Chunk) != 3 || resp.Chunk[0].ID != y {
 		t.Fatalf("mautrix recurse: %+v %v", resp, err)
@@ -438,11 +405,11 @@ func TestRelationsEndpoint(t *testing.T) {
 		get(q).wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
 	}
 	// Unknown event, an event of another room.
-	relGet(t, srv, bob, relPath(roomID, "relations", "$nope")).wantErr(t, http.StatusNotFound, "M_NOT_FOUND")
+	relGet(t, bob, relURL(srv, roomID, "relations", "$nope")).wantErr(t, http.StatusNotFound, "M_NOT_FOUND")
 	other := relRoom(t, alice, bob)
-	relGet(t, srv, bob, relPath(other, "relations", string(parent))).wantErr(t, http.StatusNotFound, "M_NOT_FOUND")
+	relGet(t, bob, relURL(srv, other, "relations", string(parent))).wantErr(t, http.StatusNotFound, "M_NOT_FOUND")
 	// No token.
-	doJSON(t, http.MethodGet, srv.URL+relPath(roomID, "relations", string(parent)), "", nil).wantErr(t, http.StatusUnauthorized, "M_MISSING_TOKEN")
+	doJSON(t, http.MethodGet, relURL(srv, roomID, "relations", string(parent)), "", nil).wantErr(t, http.StatusUnauthorized, "M_MISSING_TOKEN")
 }
 
 // History visibility governs /relations and /threads: a stranger gets 404
@@ -475,23 +442,23 @@ func TestRelationsAndThreadsVisibility(t *testing.T) {
 	}
 	c2 := relSend(t, alice, roomID, "m.room.message", relChild("c2", "m.thread", root))
 
-	r := relGet(t, srv, bob, relPath(roomID, "relations", string(root)))
+	r := relGet(t, bob, relURL(srv, roomID, "relations", string(root)))
 	r.wantOK(t)
-	relWantIDs(t, "bob's view", relChunkIDs(t, r.Body), c2, c0)
-	if relDig(relEvent(t, srv, bob, roomID, root), "unsigned", "m.relations", "m.thread", "latest_event", "event_id") != string(c2) {
+	wantIDs(t, "bob's view", relChunkIDs(t, r.Body), c2, c0)
+	if dig(relEvent(t, srv, bob, roomID, root), "unsigned", "m.relations", "m.thread", "latest_event", "event_id") != string(c2) {
 		t.Fatal("latest_event is not bob's latest visible reply")
 	}
 	_ = c1
 	// An event from while he was away is not his to see.
-	relGet(t, srv, bob, relPath(roomID, "relations", string(away))).wantErr(t, http.StatusNotFound, "M_NOT_FOUND")
-	th := relGet(t, srv, bob, relPath(roomID, "threads"))
+	relGet(t, bob, relURL(srv, roomID, "relations", string(away))).wantErr(t, http.StatusNotFound, "M_NOT_FOUND")
+	th := relGet(t, bob, relURL(srv, roomID, "threads"))
 	th.wantOK(t)
-	relWantIDs(t, "bob's threads", relChunkIDs(t, th.Body), root)
+	wantIDs(t, "bob's threads", relChunkIDs(t, th.Body), root)
 
 	// A stranger learns nothing.
-	relGet(t, srv, stranger, relPath(roomID, "relations", string(root))).wantErr(t, http.StatusNotFound, "M_NOT_FOUND")
-	relGet(t, srv, stranger, relPath(roomID, "threads")).wantErr(t, http.StatusForbidden, "M_FORBIDDEN")
-	relGet(t, srv, stranger, relPath("!unknown:localhost", "threads")).wantErr(t, http.StatusForbidden, "M_FORBIDDEN")
+	relGet(t, stranger, relURL(srv, roomID, "relations", string(root))).wantErr(t, http.StatusNotFound, "M_NOT_FOUND")
+	relGet(t, stranger, relURL(srv, roomID, "threads")).wantErr(t, http.StatusForbidden, "M_FORBIDDEN")
+	relGet(t, stranger, relURL(srv, "!unknown:localhost", "threads")).wantErr(t, http.StatusForbidden, "M_FORBIDDEN")
 	if _, err := stranger.GetEvent(ctx, roomID, root); err == nil {
 		t.Fatal("a stranger read an event")
 	}
@@ -518,21 +485,21 @@ func TestThreadsList(t *testing.T) {
 
 	list := func(cli *mautrix.Client, q string) rawResponse {
 		t.Helper()
-		r := relGet(t, srv, cli, relPath(roomID, "threads")+q)
+		r := relGet(t, cli, relURL(srv, roomID, "threads")+q)
 		r.wantOK(t)
-		relValidate(t, r.Body, "threads_list.yaml", "/rooms/{roomId}/threads")
+		specValidate(t, r.Body, "threads_list.yaml", "/rooms/{roomId}/threads", "get", "200")
 		return r
 	}
 	all := list(alice, "")
-	relWantIDs(t, "all threads", relChunkIDs(t, all.Body), r1, r3, r2)
-	th := relDig(relFind(t, all.Body, "chunk", r1), "unsigned", "m.relations", "m.thread")
-	if relDig(th, "count") != float64(2) || relDig(th, "latest_event", "event_id") != string(latest) || relDig(th, "current_user_participated") != true {
+	wantIDs(t, "all threads", relChunkIDs(t, all.Body), r1, r3, r2)
+	th := dig(relFind(t, all.Body, "chunk", r1), "unsigned", "m.relations", "m.thread")
+	if dig(th, "count") != float64(2) || dig(th, "latest_event", "event_id") != string(latest) || dig(th, "current_user_participated") != true {
 		t.Fatalf("r1's aggregation in /threads: %v", th)
 	}
-	relWantIDs(t, "alice participated", relChunkIDs(t, list(alice, "?include=participated").Body), r1)
-	relWantIDs(t, "bob participated", relChunkIDs(t, list(bob, "?include=participated").Body), r1, r2)
-	relWantIDs(t, "carol participated", relChunkIDs(t, list(carol, "?include=participated").Body), r3)
-	relWantIDs(t, "include=all", relChunkIDs(t, list(carol, "?include=all").Body), r1, r3, r2)
+	wantIDs(t, "alice participated", relChunkIDs(t, list(alice, "?include=participated").Body), r1)
+	wantIDs(t, "bob participated", relChunkIDs(t, list(bob, "?include=participated").Body), r1, r2)
+	wantIDs(t, "carol participated", relChunkIDs(t, list(carol, "?include=participated").Body), r3)
+	wantIDs(t, "include=all", relChunkIDs(t, list(carol, "?include=all").Body), r1, r3, r2)
 
 	var got []id.EventID
 	from := ""
@@ -556,140 +523,22 @@ func TestThreadsList(t *testing.T) {
 		}
 		from = next
 	}
-	relWantIDs(t, "paged threads", got, r1, r3, r2)
+	wantIDs(t, "paged threads", got, r1, r3, r2)
 
 	// carol ignores alice: alice's reply no longer counts, so r1's latest
 	// activity is bob's first reply, and alice's root comes back redacted.
 	relIgnore(t, carol, alice.UserID)
 	ign := list(carol, "")
-	relWantIDs(t, "carol ignoring alice", relChunkIDs(t, ign.Body), r3, r2, r1)
+	wantIDs(t, "carol ignoring alice", relChunkIDs(t, ign.Body), r3, r2, r1)
 	root := relFind(t, ign.Body, "chunk", r1)
-	if relDig(root, "content", "body") != nil {
+	if dig(root, "content", "body") != nil {
 		t.Fatalf("an ignored user's root is not redacted: %v", root["content"])
 	}
-	if relDig(root, "unsigned", "m.relations", "m.thread", "count") != float64(1) {
+	if dig(root, "unsigned", "m.relations", "m.thread", "count") != float64(1) {
 		t.Fatalf("ignored reply counted: %v", root["unsigned"])
 	}
 
-	relGet(t, srv, alice, relPath(roomID, "threads")+"?include=some").wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
-	relGet(t, srv, alice, relPath(roomID, "threads")+"?limit=0").wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
-	relGet(t, srv, alice, relPath(roomID, "threads")+"?from=xyz").wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
-}
-
-// relValidate checks body against the 200 response schema of GET path in
-// a client-server API file of the spec. It understands what those files
-// use: $ref (to files and to #/components), allOf, type, required,
-// properties, items and pattern.
-func relValidate(t *testing.T, body map[string]any, file, path string) {
-	t.Helper()
-	_, me, _, _ := runtime.Caller(0)
-	dir := filepath.Join(filepath.Dir(me), "..", "..", "..", "shared", "matrix-spec", "data", "api", "client-server")
-	doc := relYAML(t, filepath.Join(dir, file))
-	schema, ok := relDig(doc, "paths", path, "get", "responses", "200", "content", "application/json", "schema").(map[string]any)
-	if !ok {
-		t.Fatalf("%s: no 200 schema for GET %s", file, path)
-	}
-	if errs := relCheck(t, relSchemaDoc{dir: dir, root: doc}, schema, body, "$"); len(errs) > 0 {
-		t.Fatalf("GET %s does not match %s:\n%s\nbody: %v", path, file, strings.Join(errs, "\n"), body)
-	}
-}
-
-type relSchemaDoc struct {
-	dir  string
-	root map[string]any
-}
-
-func relYAML(t *testing.T, path string) map[string]any {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc map[string]any
-	if err := yaml.Unmarshal(raw, &doc); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return doc
-}
-
-func relCheck(t *testing.T, d relSchemaDoc, schema map[string]any, v any, at string) []string {
-	t.Helper()
-	if ref, ok := schema["$ref"].(string); ok {
-		file, frag, _ := strings.Cut(ref, "#")
-		nd := d
-		if file != "" {
-			p := filepath.Join(d.dir, file)
-			nd = relSchemaDoc{dir: filepath.Dir(p), root: relYAML(t, p)}
-		}
-		target := nd.root
-		if frag = strings.Trim(frag, "/"); frag != "" {
-			target, _ = relDig(nd.root, strings.Split(frag, "/")...).(map[string]any)
-		}
-		if target == nil {
-			return []string{at + ": unresolvable $ref " + ref}
-		}
-		return relCheck(t, nd, target, v, at)
-	}
-	var errs []string
-	if all, ok := schema["allOf"].([]any); ok {
-		for _, sub := range all {
-			errs = append(errs, relCheck(t, d, sub.(map[string]any), v, at)...)
-		}
-	}
-	if typ, ok := schema["type"].(string); ok && !relIsType(v, typ) {
-		return append(errs, fmt.Sprintf("%s: %v is not %s", at, v, typ))
-	}
-	if pat, ok := schema["pattern"].(string); ok {
-		if s, isStr := v.(string); isStr && !regexp.MustCompile(pat).MatchString(s) {
-			errs = append(errs, fmt.Sprintf("%s: %q does not match %s", at, s, pat))
-		}
-	}
-	switch val := v.(type) {
-	case map[string]any:
-		req, _ := schema["required"].([]any)
-		for _, k := range req {
-			if _, ok := val[k.(string)]; !ok {
-				errs = append(errs, fmt.Sprintf("%s: required %s missing", at, k))
-			}
-		}
-		props, _ := schema["properties"].(map[string]any)
-		for k, sub := range props {
-			if x, ok := val[k]; ok {
-				if sm, ok := sub.(map[string]any); ok {
-					errs = append(errs, relCheck(t, d, sm, x, at+"."+k)...)
-				}
-			}
-		}
-	case []any:
-		if items, ok := schema["items"].(map[string]any); ok {
-			for i, x := range val {
-				errs = append(errs, relCheck(t, d, items, x, fmt.Sprintf("%s[%d]", at, i))...)
-			}
-		}
-	}
-	return errs
-}
-
-func relIsType(v any, typ string) bool {
-	switch typ {
-	case "object":
-		_, ok := v.(map[string]any)
-		return ok
-	case "array":
-		_, ok := v.([]any)
-		return ok
-	case "string":
-		_, ok := v.(string)
-		return ok
-	case "boolean":
-		_, ok := v.(bool)
-		return ok
-	case "integer":
-		f, ok := v.(float64)
-		return ok && f == float64(int64(f))
-	case "number":
-		_, ok := v.(float64)
-		return ok
-	}
-	return true
+	relGet(t, alice, relURL(srv, roomID, "threads")+"?include=some").wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
+	relGet(t, alice, relURL(srv, roomID, "threads")+"?limit=0").wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
+	relGet(t, alice, relURL(srv, roomID, "threads")+"?from=xyz").wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
 }

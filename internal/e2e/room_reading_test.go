@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -39,17 +38,6 @@ func readingRoom(t *testing.T) (*Server, *mautrix.Client, *mautrix.Client, id.Ro
 		ids = append(ids, r.EventID)
 	}
 	return srv, alice, bob, resp.RoomID, ids
-}
-
-func bodies(evs []*event.Event) []string {
-	var out []string
-	for _, e := range evs {
-		if e.Type == event.EventMessage {
-			body, _ := e.Content.Raw["body"].(string)
-			out = append(out, body)
-		}
-	}
-	return out
 }
 
 func TestContextAroundEvent(t *testing.T) {

@@ -2,10 +2,8 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -26,55 +24,6 @@ func rmStart(t *testing.T) *Server {
 	t.Helper()
 	t.Parallel()
 	return startAccounts(t, nil)
-}
-
-// rmWantErr fails unless err is a Matrix error answer with status and errcode.
-func rmWantErr(t *testing.T, err error, status int, errcode string) {
-	t.Helper()
-	var he mautrix.HTTPError
-	if !errors.As(err, &he) || he.Response == nil {
-		t.Fatalf("got error %v, want HTTP %d %s", err, status, errcode)
-	}
-	got := ""
-	if he.RespError != nil {
-		got = he.RespError.ErrCode
-	}
-	if he.Response.StatusCode != status || got != errcode {
-		t.Fatalf("got %d %s (%s), want %d %s", he.Response.StatusCode, got, he.ResponseBody, status, errcode)
-	}
-}
-
-// rmURL joins the client API base (v3 unless another version is given) with
-// path segments, escaping each. An empty last segment leaves a trailing slash.
-func rmURL(srv *Server, version string, segments ...string) string {
-	u := srv.URL + "/_matrix/client/" + version
-	for _, s := range segments {
-		u += "/" + url.PathEscape(s)
-	}
-	return u
-}
-
-// rmCreate creates a room with mautrix.
-func rmCreate(t *testing.T, cli *mautrix.Client, req *mautrix.ReqCreateRoom) id.RoomID {
-	t.Helper()
-	resp, err := cli.CreateRoom(context.Background(), req)
-	if err != nil {
-		t.Fatalf("%s creating a room: %v", cli.UserID, err)
-	}
-	return resp.RoomID
-}
-
-// rmCreateRaw creates a room from a raw request body, for the fields whose
-// exact JSON matters (initial_state, power_level_content_override).
-func rmCreateRaw(t *testing.T, srv *Server, cli *mautrix.Client, body map[string]any) id.RoomID {
-	t.Helper()
-	r := doJSON(t, "POST", rmURL(srv, "v3", "createRoom"), cli.AccessToken, body)
-	r.wantOK(t)
-	rid, _ := r.Body["room_id"].(string)
-	if rid == "" {
-		t.Fatalf("createRoom answered no room_id: %s", r.Raw)
-	}
-	return id.RoomID(rid)
 }
 
 // rmSend sends a text message and returns its event ID.
@@ -108,18 +57,6 @@ func rmTimeline(t *testing.T, cli *mautrix.Client, roomID id.RoomID) []*event.Ev
 	return nil
 }
 
-// rmBodies are the bodies of the m.room.message events among evs, in order.
-func rmBodies(evs []*event.Event) []string {
-	var out []string
-	for _, e := range evs {
-		if e.Type == event.EventMessage {
-			b, _ := e.Content.Raw["body"].(string)
-			out = append(out, b)
-		}
-	}
-	return out
-}
-
 // rmCount counts the events of the room's timeline as owner sees it.
 func rmCount(t *testing.T, owner *mautrix.Client, roomID id.RoomID) int {
 	t.Helper()
@@ -131,7 +68,7 @@ func rmCount(t *testing.T, owner *mautrix.Client, roomID id.RoomID) int {
 func rmForbidden(t *testing.T, owner *mautrix.Client, roomID id.RoomID, act func() error) {
 	t.Helper()
 	before := rmCount(t, owner, roomID)
-	rmWantErr(t, act(), http.StatusForbidden, "M_FORBIDDEN")
+	wantHTTPErr(t, act(), http.StatusForbidden, "M_FORBIDDEN")
 	if after := rmCount(t, owner, roomID); after != before {
 		t.Fatalf("a refused request wrote %d event(s)", after-before)
 	}
@@ -140,7 +77,7 @@ func rmForbidden(t *testing.T, owner *mautrix.Client, roomID id.RoomID, act func
 // rmState GETs a state event's content (or the event with format=event) raw.
 func rmState(t *testing.T, srv *Server, cli *mautrix.Client, roomID id.RoomID, typ, stateKey string, format bool) rawResponse {
 	t.Helper()
-	u := rmURL(srv, "v3", "rooms", string(roomID), "state", typ, stateKey)
+	u := clientURL(srv, "v3", "rooms", string(roomID), "state", typ, stateKey)
 	if format {
 		u += "?format=event"
 	}
@@ -169,14 +106,6 @@ func rmJoined(t *testing.T, cli *mautrix.Client) []id.RoomID {
 		t.Fatalf("%s /joined_rooms: %v", cli.UserID, err)
 	}
 	return resp.JoinedRooms
-}
-
-// rmJoin joins roomID (by ID) and fails the test on error.
-func rmJoin(t *testing.T, cli *mautrix.Client, roomID id.RoomID) {
-	t.Helper()
-	if _, err := cli.JoinRoomByID(context.Background(), roomID); err != nil {
-		t.Fatalf("%s joining %s: %v", cli.UserID, roomID, err)
-	}
 }
 
 // rmInvite invites target and fails the test on error.
@@ -234,7 +163,7 @@ func TestRoomCreateVersions(t *testing.T) {
 
 	// Default: v12. The room ID is the create event's reference hash: "!"
 	// and 43 unpadded base64 characters, no server name.
-	v12 := rmCreate(t, alice, &mautrix.ReqCreateRoom{})
+	v12 := createRoom(t, alice, &mautrix.ReqCreateRoom{})
 	if len(v12) != 44 || strings.Contains(string(v12), ":") || v12[0] != '!' {
 		t.Fatalf("v12 room ID %q: want ! and 43 characters, no server name", v12)
 	}
@@ -272,7 +201,7 @@ func TestRoomCreateVersions(t *testing.T) {
 	}
 
 	for _, version := range []string{"10", "11"} {
-		rid := rmCreate(t, alice, &mautrix.ReqCreateRoom{RoomVersion: id.RoomVersion(version)})
+		rid := createRoom(t, alice, &mautrix.ReqCreateRoom{RoomVersion: id.RoomVersion(version)})
 		if !strings.HasSuffix(string(rid), ":localhost") {
 			t.Fatalf("v%s room ID %q: want !opaque:localhost", version, rid)
 		}
@@ -294,14 +223,14 @@ func TestRoomCreateVersions(t *testing.T) {
 			t.Fatalf("v%s: sending state: %v", version, err)
 		}
 		rmSend(t, alice, rid, "hello v"+version)
-		if got := rmBodies(rmTimeline(t, alice, rid)); !slices.Equal(got, []string{"hello v" + version}) {
+		if got := bodies(rmTimeline(t, alice, rid)); !slices.Equal(got, []string{"hello v" + version}) {
 			t.Fatalf("v%s timeline bodies %v", version, got)
 		}
 	}
 
 	joined := len(rmJoined(t, alice))
 	for _, bad := range []string{"9", "foo", "1"} {
-		r := doJSON(t, "POST", rmURL(srv, "v3", "createRoom"), alice.AccessToken, map[string]any{"room_version": bad})
+		r := doJSON(t, "POST", clientURL(srv, "v3", "createRoom"), alice.AccessToken, map[string]any{"room_version": bad})
 		r.wantErr(t, http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION")
 	}
 	if got := len(rmJoined(t, alice)); got != joined {
@@ -329,22 +258,22 @@ func TestRoomCreatePresets(t *testing.T) {
 		}
 	}
 
-	private := rmCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	private := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
 	check(private, "invite", "can_join")
 	_, err := bob.JoinRoomByID(ctx, private)
-	rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+	wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 
-	public := rmCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	public := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
 	check(public, "public", "forbidden")
-	rmJoin(t, bob, public)
+	joinRoom(t, bob, public)
 
 	// Without a preset, visibility picks it.
-	check(rmCreate(t, alice, &mautrix.ReqCreateRoom{Visibility: "public"}), "public", "forbidden")
-	check(rmCreate(t, alice, &mautrix.ReqCreateRoom{}), "invite", "can_join")
+	check(createRoom(t, alice, &mautrix.ReqCreateRoom{Visibility: "public"}), "public", "forbidden")
+	check(createRoom(t, alice, &mautrix.ReqCreateRoom{}), "invite", "can_join")
 
 	// trusted_private_chat in v12: invitees become additional creators,
 	// merged with creation_content's, with unlimited power once joined.
-	trusted := rmCreateRaw(t, srv, alice, map[string]any{
+	trusted := createRoomRaw(t, srv, alice, map[string]any{
 		"preset":           "trusted_private_chat",
 		"invite":           []string{string(bob.UserID)},
 		"creation_content": map[string]any{"additional_creators": []string{string(carol.UserID)}},
@@ -365,13 +294,13 @@ func TestRoomCreatePresets(t *testing.T) {
 	if m := rmMembership(t, srv, alice, trusted, bob.UserID); m["membership"] != "invite" {
 		t.Fatalf("bob's membership %v, want invite", m)
 	}
-	rmJoin(t, bob, trusted)
+	joinRoom(t, bob, trusted)
 	if _, err := bob.SendStateEvent(ctx, trusted, event.StateHistoryVisibility, "", map[string]any{"history_visibility": "joined"}); err != nil {
 		t.Fatalf("additional creator setting a PL 100 event: %v", err)
 	}
 
 	// trusted_private_chat in v11: invitees get the creator's level.
-	trusted11 := rmCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "trusted_private_chat", RoomVersion: id.RoomV11, Invite: []id.UserID{bob.UserID}})
+	trusted11 := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "trusted_private_chat", RoomVersion: id.RoomV11, Invite: []id.UserID{bob.UserID}})
 	users := rmUsers(t, srv, alice, trusted11)
 	if users[string(alice.UserID)] != float64(100) || users[string(bob.UserID)] != float64(100) {
 		t.Fatalf("v11 trusted_private_chat users %v: want alice and bob at 100", users)
@@ -380,12 +309,12 @@ func TestRoomCreatePresets(t *testing.T) {
 		t.Fatal("v11 room has additional_creators")
 	}
 	// A plain private_chat invitee stays at the default level.
-	plain := rmCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: id.RoomV11, Invite: []id.UserID{bob.UserID}})
+	plain := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: id.RoomV11, Invite: []id.UserID{bob.UserID}})
 	if lvl := rmUsers(t, srv, alice, plain)[string(bob.UserID)]; lvl != nil {
 		t.Fatalf("private_chat invitee has power level %v", lvl)
 	}
 
-	r := doJSON(t, "POST", rmURL(srv, "v3", "createRoom"), alice.AccessToken, map[string]any{"preset": "secret_chat"})
+	r := doJSON(t, "POST", clientURL(srv, "v3", "createRoom"), alice.AccessToken, map[string]any{"preset": "secret_chat"})
 	if r.Status != http.StatusBadRequest {
 		t.Fatalf("unknown preset: got %d %s, want 400", r.Status, r.Raw)
 	}
@@ -397,7 +326,7 @@ func TestRoomCreateOptions(t *testing.T) {
 	alice := registerUser(t, srv, "alice", rmPassword)
 	bob := registerUser(t, srv, "bob", rmPassword)
 
-	rid := rmCreateRaw(t, srv, alice, map[string]any{
+	rid := createRoomRaw(t, srv, alice, map[string]any{
 		"name":            "The Room",
 		"topic":           "Things",
 		"invite":          []string{string(bob.UserID)},
@@ -472,7 +401,7 @@ func TestRoomCreateOptions(t *testing.T) {
 	}
 
 	// initial_state overrides the preset; name overrides initial_state.
-	over := rmCreateRaw(t, srv, alice, map[string]any{
+	over := createRoomRaw(t, srv, alice, map[string]any{
 		"preset": "public_chat",
 		"name":   "From name",
 		"initial_state": []map[string]any{
@@ -490,7 +419,7 @@ func TestRoomCreateOptions(t *testing.T) {
 	// The alias is taken: a second room asking for it is refused whole.
 	joined := len(rmJoined(t, alice))
 	_, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{RoomAliasName: "x", Name: "Second"})
-	rmWantErr(t, err, http.StatusBadRequest, "M_ROOM_IN_USE")
+	wantHTTPErr(t, err, http.StatusBadRequest, "M_ROOM_IN_USE")
 	if got := len(rmJoined(t, alice)); got != joined {
 		t.Fatalf("refused createRoom left a room behind: %d joined, want %d", got, joined)
 	}
@@ -506,7 +435,7 @@ func TestSendMessage(t *testing.T) {
 	srv := rmStart(t)
 	ctx := context.Background()
 	alice := registerUser(t, srv, "alice", rmPassword)
-	rid := rmCreate(t, alice, &mautrix.ReqCreateRoom{})
+	rid := createRoom(t, alice, &mautrix.ReqCreateRoom{})
 
 	body := "hello <b>&</b> wörld ☃"
 	eid := rmSend(t, alice, rid, body)
@@ -526,13 +455,13 @@ func TestSendMessage(t *testing.T) {
 		t.Fatalf("/messages dir=b limit=1: %+v", msgs.Chunk)
 	}
 	_, err = alice.GetEvent(ctx, rid, "$nope")
-	rmWantErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+	wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
 
 	// The same transaction ID twice is one event; a retry with other
 	// content is still the retry.
 	put := func(cli *mautrix.Client, room id.RoomID, txn, body string) string {
 		t.Helper()
-		r := doJSON(t, "PUT", rmURL(srv, "v3", "rooms", string(room), "send", "m.room.message", txn), cli.AccessToken,
+		r := doJSON(t, "PUT", clientURL(srv, "v3", "rooms", string(room), "send", "m.room.message", txn), cli.AccessToken,
 			map[string]any{"msgtype": "m.text", "body": body})
 		r.wantOK(t)
 		return r.Body["event_id"].(string)
@@ -540,7 +469,7 @@ func TestSendMessage(t *testing.T) {
 	count := func(room id.RoomID, body string) int {
 		t.Helper()
 		n := 0
-		for _, b := range rmBodies(rmTimeline(t, alice, room)) {
+		for _, b := range bodies(rmTimeline(t, alice, room)) {
 			if b == body {
 				n++
 			}
@@ -576,7 +505,7 @@ func TestSendMessage(t *testing.T) {
 	}
 	// ...and to a request path: another room, or another endpoint, is a
 	// new request.
-	rid2 := rmCreate(t, alice, &mautrix.ReqCreateRoom{})
+	rid2 := createRoom(t, alice, &mautrix.ReqCreateRoom{})
 	inRoom2 := put(alice, rid2, "txn-1", "room two")
 	if inRoom2 == first || count(rid2, "room two") != 1 {
 		t.Fatalf("the same transaction ID in another room: got %s (first %s), want a new event there", inRoom2, first)
@@ -587,9 +516,9 @@ func TestSendMessage(t *testing.T) {
 	}
 	// An event is found only through its own room.
 	_, err = alice.GetEvent(ctx, rid2, id.EventID(first))
-	rmWantErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+	wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
 	_, err = alice.RedactEvent(ctx, rid2, id.EventID(first))
-	rmWantErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+	wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
 	target := rmSend(t, alice, rid, "to be redacted")
 	red, err := alice.RedactEvent(ctx, rid, target, mautrix.ReqRedact{TxnID: "txn-1"})
 	if err != nil {
@@ -611,11 +540,11 @@ func TestSendMessage(t *testing.T) {
 func TestSendValidation(t *testing.T) {
 	srv := rmStart(t)
 	alice := registerUser(t, srv, "alice", rmPassword)
-	rid := rmCreate(t, alice, &mautrix.ReqCreateRoom{})
+	rid := createRoom(t, alice, &mautrix.ReqCreateRoom{})
 	n := 0
 	put := func(body any) rawResponse {
 		n++
-		return doJSON(t, "PUT", rmURL(srv, "v3", "rooms", string(rid), "send", "m.room.message", fmt.Sprintf("v%d", n)), alice.AccessToken, body)
+		return doJSON(t, "PUT", clientURL(srv, "v3", "rooms", string(rid), "send", "m.room.message", fmt.Sprintf("v%d", n)), alice.AccessToken, body)
 	}
 	before := rmCount(t, alice, rid)
 
@@ -628,7 +557,7 @@ func TestSendValidation(t *testing.T) {
 	put(`[{"msgtype":"m.text"}]`).wantErr(t, http.StatusBadRequest, "M_NOT_JSON")
 	put(`"just a string"`).wantErr(t, http.StatusBadRequest, "M_NOT_JSON")
 	put(`{"msgtype":`).wantErr(t, http.StatusBadRequest, "M_NOT_JSON")
-	doJSON(t, "PUT", rmURL(srv, "v3", "rooms", string(rid), "state", "org.example.float", ""), alice.AccessToken, `{"f":0.5}`).
+	doJSON(t, "PUT", clientURL(srv, "v3", "rooms", string(rid), "state", "org.example.float", ""), alice.AccessToken, `{"f":0.5}`).
 		wantErr(t, http.StatusBadRequest, "M_BAD_JSON")
 	if after := rmCount(t, alice, rid); after != before {
 		t.Fatalf("refused sends wrote %d event(s)", after-before)
@@ -639,7 +568,7 @@ func TestSendValidation(t *testing.T) {
 	big.wantOK(t)
 	edge := put(`{"msgtype":"m.text","body":"edge","max":9007199254740991,"min":-9007199254740991}`)
 	edge.wantOK(t)
-	r := doJSON(t, "GET", rmURL(srv, "v3", "rooms", string(rid), "event", edge.Body["event_id"].(string)), alice.AccessToken, nil)
+	r := doJSON(t, "GET", clientURL(srv, "v3", "rooms", string(rid), "event", edge.Body["event_id"].(string)), alice.AccessToken, nil)
 	r.wantOK(t)
 	if !strings.Contains(string(r.Raw), `"max":9007199254740991`) || !strings.Contains(string(r.Raw), `"min":-9007199254740991`) {
 		t.Fatalf("the largest safe integers did not survive: %s", r.Raw)
@@ -655,9 +584,9 @@ func TestStateEvents(t *testing.T) {
 	srv := rmStart(t)
 	ctx := context.Background()
 	alice := registerUser(t, srv, "alice", rmPassword)
-	rid := rmCreate(t, alice, &mautrix.ReqCreateRoom{})
+	rid := createRoom(t, alice, &mautrix.ReqCreateRoom{})
 	state := func(segs ...string) string {
-		return rmURL(srv, "v3", append([]string{"rooms", string(rid), "state"}, segs...)...)
+		return clientURL(srv, "v3", append([]string{"rooms", string(rid), "state"}, segs...)...)
 	}
 	putState := func(u string, content any) string {
 		t.Helper()
@@ -718,7 +647,7 @@ func TestStateEvents(t *testing.T) {
 	}
 
 	// GET /state lists every current state event once, with current content.
-	all := doJSON(t, "GET", rmURL(srv, "v3", "rooms", string(rid), "state"), alice.AccessToken, nil)
+	all := doJSON(t, "GET", clientURL(srv, "v3", "rooms", string(rid), "state"), alice.AccessToken, nil)
 	all.wantOK(t)
 	sm, err := alice.State(ctx, rid)
 	if err != nil {
@@ -765,7 +694,7 @@ func TestRoomAuthRefusals(t *testing.T) {
 	frank := registerUser(t, srv, "frank", rmPassword) // PL 0, to be kicked
 	henry := registerUser(t, srv, "henry", rmPassword) // never in any room
 
-	rid := rmCreateRaw(t, srv, alice, map[string]any{
+	rid := createRoomRaw(t, srv, alice, map[string]any{
 		"preset": "public_chat",
 		"power_level_content_override": map[string]any{
 			"users":  map[string]any{string(bob.UserID): 50, string(dave.UserID): 75},
@@ -773,7 +702,7 @@ func TestRoomAuthRefusals(t *testing.T) {
 		},
 	})
 	for _, c := range []*mautrix.Client{bob, dave, erin, frank} {
-		rmJoin(t, c, rid)
+		joinRoom(t, c, rid)
 	}
 
 	t.Run("SendWithoutJoining", func(t *testing.T) {
@@ -814,13 +743,13 @@ func TestRoomAuthRefusals(t *testing.T) {
 		}
 	})
 	t.Run("JoinInviteOnlyUninvited", func(t *testing.T) {
-		private := rmCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		private := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
 		rmForbidden(t, alice, private, func() error {
 			_, err := carol.JoinRoomByID(ctx, private)
 			return err
 		})
 		rmInvite(t, alice, private, carol.UserID)
-		rmJoin(t, carol, private)
+		joinRoom(t, carol, private)
 	})
 	t.Run("BannedRejoin", func(t *testing.T) {
 		if _, err := alice.BanUser(ctx, rid, &mautrix.ReqBanUser{UserID: carol.UserID}); err != nil {
@@ -845,7 +774,7 @@ func TestRoomAuthRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatalf("redacting your own event: %v", err)
 		}
-		r := doJSON(t, "GET", rmURL(srv, "v3", "rooms", string(rid), "event", string(byErin)), erin.AccessToken, nil)
+		r := doJSON(t, "GET", clientURL(srv, "v3", "rooms", string(rid), "event", string(byErin)), erin.AccessToken, nil)
 		r.wantOK(t)
 		if c, _ := r.Body["content"].(map[string]any); len(c) != 0 {
 			t.Fatalf("redacted content %v, want {}", c)
@@ -906,13 +835,13 @@ func TestRoomAuthRefusals(t *testing.T) {
 	})
 	t.Run("NonMemberReads", func(t *testing.T) {
 		_, err := henry.Messages(ctx, rid, "", "", mautrix.DirectionBackward, nil, 10)
-		rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 		_, err = henry.JoinedMembers(ctx, rid)
-		rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 		_, err = henry.State(ctx, rid)
-		rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 		_, err = henry.Messages(ctx, "!unknown:localhost", "", "", mautrix.DirectionBackward, nil, 10)
-		rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 		jm, err := alice.JoinedMembers(ctx, rid)
 		if err != nil {
 			t.Fatal(err)
@@ -922,8 +851,8 @@ func TestRoomAuthRefusals(t *testing.T) {
 		}
 	})
 	t.Run("LeftUserReadsUpToLeave", func(t *testing.T) {
-		room := rmCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
-		rmJoin(t, bob, room)
+		room := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+		joinRoom(t, bob, room)
 		before := rmSend(t, alice, room, "before the leave")
 		if _, err := bob.LeaveRoom(ctx, room); err != nil {
 			t.Fatal(err)
@@ -932,7 +861,7 @@ func TestRoomAuthRefusals(t *testing.T) {
 		if _, err := alice.SendStateEvent(ctx, room, event.StateTopic, "", map[string]any{"topic": "secret"}); err != nil {
 			t.Fatal(err)
 		}
-		got := rmBodies(rmTimeline(t, bob, room))
+		got := bodies(rmTimeline(t, bob, room))
 		if !slices.Equal(got, []string{"before the leave"}) {
 			t.Fatalf("bob (left) reads %v forward, want only the message before his leave", got)
 		}
@@ -940,7 +869,7 @@ func TestRoomAuthRefusals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := rmBodies(back.Chunk); !slices.Equal(got, []string{"before the leave"}) {
+		if got := bodies(back.Chunk); !slices.Equal(got, []string{"before the leave"}) {
 			t.Fatalf("bob (left) reads %v backward", got)
 		}
 		if len(back.Chunk) == 0 || back.Chunk[0].Type != event.StateMember || back.Chunk[0].Sender != bob.UserID {
@@ -950,10 +879,10 @@ func TestRoomAuthRefusals(t *testing.T) {
 			t.Fatalf("event before the leave: %v", err)
 		}
 		_, err = bob.GetEvent(ctx, room, after)
-		rmWantErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+		wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
 		rmState(t, srv, bob, room, "m.room.topic", "", false).wantErr(t, http.StatusNotFound, "M_NOT_FOUND")
 		_, err = bob.JoinedMembers(ctx, room)
-		rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 	})
 }
 
@@ -967,7 +896,7 @@ func TestMembershipFlow(t *testing.T) {
 	carol := registerUser(t, srv, "carol", rmPassword)
 	dave := registerUser(t, srv, "dave", rmPassword)
 
-	rid := rmCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	rid := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
 	if got := rmJoined(t, alice); !slices.Equal(got, []id.RoomID{rid}) {
 		t.Fatalf("alice joined_rooms %v", got)
 	}
@@ -980,23 +909,23 @@ func TestMembershipFlow(t *testing.T) {
 	if got := rmJoined(t, bob); len(got) != 0 {
 		t.Fatalf("invited bob's joined_rooms %v", got)
 	}
-	rmJoin(t, bob, rid)
+	joinRoom(t, bob, rid)
 	if got := rmJoined(t, bob); !slices.Equal(got, []id.RoomID{rid}) {
 		t.Fatalf("bob's joined_rooms %v", got)
 	}
 	// Joining again is a no-op success.
 	before := rmCount(t, alice, rid)
-	rmJoin(t, bob, rid)
+	joinRoom(t, bob, rid)
 	if rmCount(t, alice, rid) != before {
 		t.Fatal("joining a room you are in wrote an event")
 	}
 	_, err := alice.InviteUser(ctx, rid, &mautrix.ReqInviteUser{UserID: bob.UserID})
-	rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+	wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 
 	// /members filters.
 	rmInvite(t, alice, rid, carol.UserID)
 	rmInvite(t, alice, rid, dave.UserID)
-	rmJoin(t, dave, rid)
+	joinRoom(t, dave, rid)
 	if _, err := dave.LeaveRoom(ctx, rid); err != nil {
 		t.Fatal(err)
 	}
@@ -1042,11 +971,11 @@ func TestMembershipFlow(t *testing.T) {
 		t.Fatalf("bob's joined_rooms after leaving: %v", got)
 	}
 	_, err = bob.LeaveRoom(ctx, rid)
-	rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+	wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 
 	// kick, with a reason
 	rmInvite(t, alice, rid, bob.UserID)
-	rmJoin(t, bob, rid)
+	joinRoom(t, bob, rid)
 	if _, err := alice.KickUser(ctx, rid, &mautrix.ReqKickUser{UserID: bob.UserID, Reason: "too loud"}); err != nil {
 		t.Fatal(err)
 	}
@@ -1058,12 +987,12 @@ func TestMembershipFlow(t *testing.T) {
 		t.Fatalf("kicked bob's joined_rooms: %v", got)
 	}
 	_, err = bob.SendMessageEvent(ctx, rid, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "still here?"})
-	rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
-	r := doJSON(t, "POST", rmURL(srv, "v3", "rooms", string(rid), "kick"), alice.AccessToken, map[string]any{})
+	wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+	r := doJSON(t, "POST", clientURL(srv, "v3", "rooms", string(rid), "kick"), alice.AccessToken, map[string]any{})
 	r.wantErr(t, http.StatusBadRequest, "M_MISSING_PARAM")
 
 	// ban -> unban -> join, in a public room joined by alias.
-	pub := rmCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "x"})
+	pub := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "x"})
 	resp, err := bob.JoinRoom(ctx, "#x:localhost", nil)
 	if err != nil || resp.RoomID != pub {
 		t.Fatalf("joining #x:localhost: %v %v, want %s", resp, err, pub)
@@ -1074,7 +1003,7 @@ func TestMembershipFlow(t *testing.T) {
 		t.Fatalf("join by percent-encoded alias: %s", r.Raw)
 	}
 	_, err = dave.JoinRoom(ctx, "#nope:localhost", nil)
-	rmWantErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+	wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
 	if got := rmJoined(t, bob); !slices.Equal(got, []id.RoomID{pub}) {
 		t.Fatalf("bob's joined_rooms %v", got)
 	}
@@ -1090,16 +1019,16 @@ func TestMembershipFlow(t *testing.T) {
 		t.Fatalf("banned bob's joined_rooms: %v", got)
 	}
 	_, err = bob.JoinRoomByID(ctx, pub)
-	rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+	wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 	_, err = bob.LeaveRoom(ctx, pub)
-	rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+	wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 	if _, err := alice.UnbanUser(ctx, pub, &mautrix.ReqUnbanUser{UserID: bob.UserID}); err != nil {
 		t.Fatal(err)
 	}
 	if m := rmMembership(t, srv, alice, pub, bob.UserID); m["membership"] != "leave" {
 		t.Fatalf("after unban: %v", m)
 	}
-	rmJoin(t, bob, pub)
+	joinRoom(t, bob, pub)
 	if got := rmJoined(t, bob); !slices.Equal(got, []id.RoomID{pub}) {
 		t.Fatalf("bob's joined_rooms after unban and join: %v", got)
 	}
@@ -1118,7 +1047,7 @@ func TestKnock(t *testing.T) {
 	alice := registerUser(t, srv, "alice", rmPassword)
 	bob := registerUser(t, srv, "bob", rmPassword)
 
-	rid := rmCreateRaw(t, srv, alice, map[string]any{
+	rid := createRoomRaw(t, srv, alice, map[string]any{
 		"preset":        "private_chat",
 		"initial_state": []map[string]any{{"type": "m.room.join_rules", "content": map[string]any{"join_rule": "knock"}}},
 	})
@@ -1135,19 +1064,19 @@ func TestKnock(t *testing.T) {
 	}
 	// A knock is not a way in, nor a way to read.
 	_, err = bob.Messages(ctx, rid, "", "", mautrix.DirectionBackward, nil, 10)
-	rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+	wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 	rmForbidden(t, alice, rid, func() error {
 		_, err := bob.JoinRoomByID(ctx, rid)
 		return err
 	})
 	rmInvite(t, alice, rid, bob.UserID)
-	rmJoin(t, bob, rid)
-	if got := rmBodies(rmTimeline(t, bob, rid)); !slices.Equal(got, []string{"inside"}) {
+	joinRoom(t, bob, rid)
+	if got := bodies(rmTimeline(t, bob, rid)); !slices.Equal(got, []string{"inside"}) {
 		t.Fatalf("bob after joining reads %v", got)
 	}
 
 	// Rooms that are not knockable refuse knocks.
-	private := rmCreate(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	private := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat"})
 	rmForbidden(t, alice, private, func() error {
 		_, err := bob.KnockRoom(ctx, private.String(), nil)
 		return err
@@ -1164,7 +1093,7 @@ func TestHistoryVisibility(t *testing.T) {
 	carol := registerUser(t, srv, "carol", rmPassword)
 
 	room := func(hv string) id.RoomID {
-		return rmCreateRaw(t, srv, alice, map[string]any{
+		return createRoomRaw(t, srv, alice, map[string]any{
 			"preset":        "public_chat",
 			"initial_state": []map[string]any{{"type": "m.room.history_visibility", "content": map[string]any{"history_visibility": hv}}},
 		})
@@ -1173,10 +1102,10 @@ func TestHistoryVisibility(t *testing.T) {
 	t.Run("Joined", func(t *testing.T) {
 		rid := room("joined")
 		early := rmSend(t, alice, rid, "before bob")
-		rmJoin(t, bob, rid)
+		joinRoom(t, bob, rid)
 		rmSend(t, alice, rid, "after bob")
 		tl := rmTimeline(t, bob, rid)
-		if got := rmBodies(tl); !slices.Equal(got, []string{"after bob"}) {
+		if got := bodies(tl); !slices.Equal(got, []string{"after bob"}) {
 			t.Fatalf("bob reads %v, want only what came after his join", got)
 		}
 		// His own join is visible to him: his membership after it allows it.
@@ -1186,43 +1115,43 @@ func TestHistoryVisibility(t *testing.T) {
 			t.Fatal("bob's timeline lacks his own join")
 		}
 		back, err := bob.Messages(ctx, rid, "", "", mautrix.DirectionBackward, nil, 100)
-		if err != nil || !slices.Equal(rmBodies(back.Chunk), []string{"after bob"}) {
-			t.Fatalf("bob reads %v backward (%v)", rmBodies(back.Chunk), err)
+		if err != nil || !slices.Equal(bodies(back.Chunk), []string{"after bob"}) {
+			t.Fatalf("bob reads %v backward (%v)", bodies(back.Chunk), err)
 		}
 		_, err = bob.GetEvent(ctx, rid, early)
-		rmWantErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
-		if got := rmBodies(rmTimeline(t, alice, rid)); !slices.Equal(got, []string{"before bob", "after bob"}) {
+		wantHTTPErr(t, err, http.StatusNotFound, "M_NOT_FOUND")
+		if got := bodies(rmTimeline(t, alice, rid)); !slices.Equal(got, []string{"before bob", "after bob"}) {
 			t.Fatalf("alice reads %v", got)
 		}
 		_, err = carol.Messages(ctx, rid, "", "", mautrix.DirectionBackward, nil, 10)
-		rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 	})
 	t.Run("Shared", func(t *testing.T) {
 		rid := room("shared")
 		early := rmSend(t, alice, rid, "before bob")
-		rmJoin(t, bob, rid)
+		joinRoom(t, bob, rid)
 		rmSend(t, alice, rid, "after bob")
-		if got := rmBodies(rmTimeline(t, bob, rid)); !slices.Equal(got, []string{"before bob", "after bob"}) {
+		if got := bodies(rmTimeline(t, bob, rid)); !slices.Equal(got, []string{"before bob", "after bob"}) {
 			t.Fatalf("bob reads %v, want the history too", got)
 		}
 		if _, err := bob.GetEvent(ctx, rid, early); err != nil {
 			t.Fatal(err)
 		}
 		_, err := carol.Messages(ctx, rid, "", "", mautrix.DirectionBackward, nil, 10)
-		rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 	})
 	t.Run("SharedAfterLeaving", func(t *testing.T) {
 		// "joined the room at any point after the event was sent": still
 		// true once the user has left again.
 		rid := room("shared")
 		rmSend(t, alice, rid, "before bob")
-		rmJoin(t, bob, rid)
+		joinRoom(t, bob, rid)
 		rmSend(t, alice, rid, "while bob")
 		if _, err := bob.LeaveRoom(ctx, rid); err != nil {
 			t.Fatal(err)
 		}
 		rmSend(t, alice, rid, "after bob")
-		if got := rmBodies(rmTimeline(t, bob, rid)); !slices.Equal(got, []string{"before bob", "while bob"}) {
+		if got := bodies(rmTimeline(t, bob, rid)); !slices.Equal(got, []string{"before bob", "while bob"}) {
 			t.Fatalf("bob (left) reads %v, want the history up to his leave", got)
 		}
 		if got := len(rmTimeline(t, bob, rid)); got < 8 { // creation events, his join and leave
@@ -1232,8 +1161,8 @@ func TestHistoryVisibility(t *testing.T) {
 	t.Run("UnknownValueIsShared", func(t *testing.T) {
 		rid := room("org.example.unknown")
 		rmSend(t, alice, rid, "before bob")
-		rmJoin(t, bob, rid)
-		if got := rmBodies(rmTimeline(t, bob, rid)); !slices.Equal(got, []string{"before bob"}) {
+		joinRoom(t, bob, rid)
+		if got := bodies(rmTimeline(t, bob, rid)); !slices.Equal(got, []string{"before bob"}) {
 			t.Fatalf("bob reads %v; an unknown history_visibility means shared", got)
 		}
 	})
@@ -1248,7 +1177,7 @@ func TestHistoryVisibility(t *testing.T) {
 		}
 		rmSend(t, alice, rid, "open")
 		tl := rmTimeline(t, carol, rid)
-		if got := rmBodies(tl); !slices.Equal(got, []string{"open"}) {
+		if got := bodies(tl); !slices.Equal(got, []string{"open"}) {
 			t.Fatalf("carol reads %v", got)
 		}
 		if len(tl) != 2 || tl[0].ID != hv.EventID {
@@ -1260,9 +1189,9 @@ func TestHistoryVisibility(t *testing.T) {
 		rmSend(t, alice, rid, "before the invite")
 		rmInvite(t, alice, rid, bob.UserID)
 		rmSend(t, alice, rid, "while invited")
-		rmJoin(t, bob, rid)
+		joinRoom(t, bob, rid)
 		rmSend(t, alice, rid, "joined")
-		if got := rmBodies(rmTimeline(t, bob, rid)); !slices.Equal(got, []string{"while invited", "joined"}) {
+		if got := bodies(rmTimeline(t, bob, rid)); !slices.Equal(got, []string{"while invited", "joined"}) {
 			t.Fatalf("bob reads %v, want what came after his invite", got)
 		}
 	})
@@ -1273,7 +1202,7 @@ func TestHistoryVisibility(t *testing.T) {
 		if err != nil {
 			t.Fatalf("non-member reading a world_readable room: %v", err)
 		}
-		if got := rmBodies(back.Chunk); !slices.Equal(got, []string{"for everyone"}) {
+		if got := bodies(back.Chunk); !slices.Equal(got, []string{"for everyone"}) {
 			t.Fatalf("carol reads %v", got)
 		}
 		if ev, err := carol.GetEvent(ctx, rid, eid); err != nil || ev.Content.Raw["body"] != "for everyone" {
@@ -1281,13 +1210,13 @@ func TestHistoryVisibility(t *testing.T) {
 		}
 		// Reading is not being in the room.
 		_, err = carol.SendMessageEvent(ctx, rid, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "hi"})
-		rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 		// Back to shared: the outsider is shut out.
 		if _, err := alice.SendStateEvent(ctx, rid, event.StateHistoryVisibility, "", map[string]any{"history_visibility": "shared"}); err != nil {
 			t.Fatal(err)
 		}
 		_, err = carol.Messages(ctx, rid, "", "", mautrix.DirectionBackward, nil, 10)
-		rmWantErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
+		wantHTTPErr(t, err, http.StatusForbidden, "M_FORBIDDEN")
 	})
 }
 
@@ -1297,7 +1226,7 @@ func TestMessagesPagination(t *testing.T) {
 	srv := rmStart(t)
 	ctx := context.Background()
 	alice := registerUser(t, srv, "alice", rmPassword)
-	rid := rmCreate(t, alice, &mautrix.ReqCreateRoom{})
+	rid := createRoom(t, alice, &mautrix.ReqCreateRoom{})
 	var sent []id.EventID
 	for i := range 25 {
 		sent = append(sent, rmSend(t, alice, rid, fmt.Sprintf("m%02d", i)))
@@ -1331,7 +1260,7 @@ func TestMessagesPagination(t *testing.T) {
 	}
 	var back []string
 	for _, p := range pages {
-		back = append(back, rmBodies(p)...)
+		back = append(back, bodies(p)...)
 	}
 	var want []string
 	for i := 24; i >= 0; i-- {
@@ -1363,7 +1292,7 @@ func TestMessagesPagination(t *testing.T) {
 		gotIDs = append(gotIDs, e.ID)
 	}
 	if !slices.Equal(gotIDs, sent[15:]) {
-		t.Fatalf("forward from the first page's end: %v, want m15..m24", rmBodies(fwd.Chunk))
+		t.Fatalf("forward from the first page's end: %v, want m15..m24", bodies(fwd.Chunk))
 	}
 	if fwd.End != "" {
 		t.Fatalf("forward read to the newest event has end %q", fwd.End)
@@ -1376,12 +1305,12 @@ func TestMessagesPagination(t *testing.T) {
 	// to bounds a page: backward from the newest to the first page's end
 	// is exactly the first page.
 	bounded, err := alice.Messages(ctx, rid, "", ends[0], mautrix.DirectionBackward, nil, 50)
-	if err != nil || !slices.Equal(rmBodies(bounded.Chunk), want[:10]) {
-		t.Fatalf("dir=b to=%s: %v %v", ends[0], rmBodies(bounded.Chunk), err)
+	if err != nil || !slices.Equal(bodies(bounded.Chunk), want[:10]) {
+		t.Fatalf("dir=b to=%s: %v %v", ends[0], bodies(bounded.Chunk), err)
 	}
 
 	msgs := func(q string) rawResponse {
-		return doJSON(t, "GET", rmURL(srv, "v3", "rooms", string(rid), "messages")+q, alice.AccessToken, nil)
+		return doJSON(t, "GET", clientURL(srv, "v3", "rooms", string(rid), "messages")+q, alice.AccessToken, nil)
 	}
 	msgs("?dir=b&from=garbage").wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
 	msgs("?dir=f&from=t-5").wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
@@ -1405,10 +1334,10 @@ func TestRoomR0Aliases(t *testing.T) {
 	ctx := context.Background()
 	alice := registerUser(t, srv, "alice", rmPassword)
 
-	r := doJSON(t, "POST", rmURL(srv, "r0", "createRoom"), alice.AccessToken, map[string]any{"name": "old client"})
+	r := doJSON(t, "POST", clientURL(srv, "r0", "createRoom"), alice.AccessToken, map[string]any{"name": "old client"})
 	r.wantOK(t)
 	rid := id.RoomID(r.Body["room_id"].(string))
-	s := doJSON(t, "PUT", rmURL(srv, "r0", "rooms", string(rid), "send", "m.room.message", "r0-1"), alice.AccessToken,
+	s := doJSON(t, "PUT", clientURL(srv, "r0", "rooms", string(rid), "send", "m.room.message", "r0-1"), alice.AccessToken,
 		map[string]any{"msgtype": "m.text", "body": "from r0"})
 	s.wantOK(t)
 	eid := id.EventID(s.Body["event_id"].(string))
@@ -1420,13 +1349,13 @@ func TestRoomR0Aliases(t *testing.T) {
 		t.Fatalf("r0 createRoom name %v", got)
 	}
 	// r0 and v3 share one transaction scope: the same send is a retry.
-	v3 := doJSON(t, "PUT", rmURL(srv, "v3", "rooms", string(rid), "send", "m.room.message", "r0-1"), alice.AccessToken,
+	v3 := doJSON(t, "PUT", clientURL(srv, "v3", "rooms", string(rid), "send", "m.room.message", "r0-1"), alice.AccessToken,
 		map[string]any{"msgtype": "m.text", "body": "from r0"})
 	v3.wantOK(t)
 	if v3.Body["event_id"] != string(eid) {
 		t.Fatalf("v3 retry of an r0 send: %s, want %s", v3.Raw, eid)
 	}
-	m := doJSON(t, "GET", rmURL(srv, "r0", "rooms", string(rid), "messages")+"?dir=b&limit=1", alice.AccessToken, nil)
+	m := doJSON(t, "GET", clientURL(srv, "r0", "rooms", string(rid), "messages")+"?dir=b&limit=1", alice.AccessToken, nil)
 	m.wantOK(t)
 	if chunk, _ := m.Body["chunk"].([]any); len(chunk) != 1 || chunk[0].(map[string]any)["event_id"] != string(eid) {
 		t.Fatalf("r0 /messages: %s", m.Raw)
