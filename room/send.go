@@ -60,9 +60,8 @@ func (s *Service) SetState(ctx context.Context, sender id.UserID, roomID id.Room
 	if typ == "" || len(typ) > 255 || len(stateKey) > 255 {
 		return "", mautrix.MInvalidParam.WithMessage("Invalid event type or state key")
 	}
-	if typ == "m.room.member" {
-		return "", mautrix.MInvalidParam.WithMessage("Use the membership endpoints (/join, /invite, /leave, /kick, /ban) for m.room.member")
-	}
+	// m.room.member is allowed here too (Element's /myroomnick sets a
+	// per-room display name this way); the auth rules judge the transition.
 	if typ == "m.room.create" {
 		return "", errForbidden("The room's create event cannot be changed")
 	}

@@ -672,10 +672,16 @@ func TestStateEvents(t *testing.T) {
 		t.Fatal("GET /state does not have the current content")
 	}
 
-	// Membership goes through the membership endpoints only.
+	// A member event through the state API: your own per-room display name
+	// works (/myroomnick); joining someone else in is refused by the auth rules.
+	doJSON(t, "PUT", state("m.room.member", string(alice.UserID)), alice.AccessToken, map[string]any{"membership": "join", "displayname": "Al"}).wantOK(t)
+	var me event.MemberEventContent
+	if err := alice.StateEvent(context.Background(), rid, event.StateMember, string(alice.UserID), &me); err != nil || me.Displayname != "Al" || me.Membership != event.MembershipJoin {
+		t.Fatalf("per-room display name: %+v %v", me, err)
+	}
 	before = rmCount(t, alice, rid)
-	doJSON(t, "PUT", state("m.room.member", string(alice.UserID)), alice.AccessToken, map[string]any{"membership": "join", "displayname": "Al"}).
-		wantErr(t, http.StatusBadRequest, "M_INVALID_PARAM")
+	doJSON(t, "PUT", state("m.room.member", "@mallory:localhost"), alice.AccessToken, map[string]any{"membership": "join"}).
+		wantErr(t, http.StatusForbidden, "M_FORBIDDEN")
 	if after := rmCount(t, alice, rid); after != before {
 		t.Fatal("a refused member PUT wrote an event")
 	}
