@@ -50,7 +50,7 @@ type harness struct {
 	keyID id.KeyID
 }
 
-func newHarness(t *testing.T, maxConns int32) *harness {
+func newHarness(t testing.TB, maxConns int32) *harness {
 	t.Helper()
 	ctx := context.Background()
 	url := pgtest.NewDatabase(t)

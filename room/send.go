@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -31,15 +32,25 @@ func (s *Service) Send(ctx context.Context, p SendParams) (id.EventID, error) {
 	}
 	var eventID id.EventID
 	txn := txnScope(p.TxnID, "send", string(p.RoomID), p.Type)
+	// No lookup before appending: the transaction ID is recorded with the
+	// event under a unique key, so a retry fails its append (rolled back
+	// alone, see batch.go) with ErrDuplicateTxn, and only then is the first
+	// event looked up. Retries are rare; this saves a query on every send.
 	err := s.inRoom(ctx, p.RoomID, func(tx Tx) error {
-		if prev, ok, err := tx.TxnEvent(p.Sender, p.Device, txn); err != nil || ok {
-			eventID = prev
-			return err
-		}
 		var err error
 		eventID, err = s.appendEvent(tx, eventRequest{Sender: p.Sender, Type: p.Type, Content: p.Content, TxnDevice: p.Device, TxnID: txn})
 		return err
 	})
+	if errors.Is(err, ErrDuplicateTxn) {
+		err = s.inRoom(ctx, p.RoomID, func(tx Tx) error {
+			prev, ok, err := tx.TxnEvent(p.Sender, p.Device, txn)
+			if err == nil && !ok {
+				err = fmt.Errorf("transaction %s reported as duplicate but not found", p.TxnID)
+			}
+			eventID = prev
+			return err
+		})
+	}
 	return eventID, err
 }
 

@@ -8,6 +8,10 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
+// ErrDuplicateTxn is returned by Tx.Append when the event's transaction ID
+// was already used: the request is a retry.
+var ErrDuplicateTxn = errors.New("transaction ID already used")
+
 // ErrNotFound is returned by Store lookups that find nothing.
 var ErrNotFound = errors.New("not found")
 

@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/federation/pdu"
@@ -472,6 +473,10 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 		b.Queue(`UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3 AND redacted_by IS NULL`, e.Redacts, e.ID, t.roomID)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "event_txns_pkey" {
+			return 0, room.ErrDuplicateTxn
+		}
 		return 0, fmt.Errorf("appending event: %w", err)
 	}
 	t.prev, t.depth, t.snap, t.chainLen, t.dirty = []id.EventID{e.ID}, e.PDU.Depth, newSnap, newChain, true
