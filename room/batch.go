@@ -13,6 +13,9 @@ import (
 type BatchTx interface {
 	// Room locks an existing room for this transaction (ErrNotFound).
 	Room(roomID id.RoomID) (Tx, error)
+	// LockRooms locks the existing rooms among roomIDs up front (unknown
+	// ones are skipped: Room reports them).
+	LockRooms(roomIDs []id.RoomID) error
 	// NewRoom inserts and locks a new room (ErrRoomExists).
 	NewRoom(roomID id.RoomID, version id.RoomVersion) (Tx, error)
 	// Savepoint, Release and Rollback bracket one job, so that a failing
@@ -88,6 +91,16 @@ func (b *batcher) runBatch(batch []*job) {
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
 	err := b.run(ctx, func(btx BatchTx) error {
+		// Lock every room the batch will write, in one round trip.
+		var rooms []id.RoomID
+		for _, j := range batch {
+			if j.version == "" {
+				rooms = append(rooms, j.roomID)
+			}
+		}
+		if err := btx.LockRooms(rooms); err != nil {
+			return err
+		}
 		for i, j := range batch {
 			if err := j.ctx.Err(); err != nil {
 				results[i] = err

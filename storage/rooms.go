@@ -198,30 +198,57 @@ func (b *batchTx) Room(roomID id.RoomID) (room.Tx, error) {
 	if t, ok := b.rooms[roomID]; ok {
 		return t, nil
 	}
-	// Lock the row and read the head in one round trip.
-	var version id.RoomVersion
-	var depth, snap, chain *int64
-	var prev []string
-	err := b.tx.QueryRow(b.ctx, `SELECT r.room_version, h.depth, h.snapshot_id, s.chain_len,
-			coalesce((SELECT array_agg(event_id ORDER BY event_id) FROM forward_extremities WHERE room_id = $1), '{}')
+	if err := b.LockRooms([]id.RoomID{roomID}); err != nil {
+		return nil, err
+	}
+	if t, ok := b.rooms[roomID]; ok {
+		return t, nil
+	}
+	return nil, room.ErrNotFound
+}
+
+// LockRooms locks rooms' rows (in room ID order, so two lockers can never
+// deadlock) and reads their heads, all in one round trip.
+func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
+	var want []string
+	for _, rid := range roomIDs {
+		if _, ok := b.rooms[rid]; !ok {
+			want = append(want, string(rid))
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	rows, err := b.tx.Query(b.ctx, `SELECT r.room_id, r.room_version, h.depth, h.snapshot_id, s.chain_len,
+			coalesce((SELECT array_agg(event_id ORDER BY event_id) FROM forward_extremities f WHERE f.room_id = r.room_id), '{}')
 		FROM rooms r LEFT JOIN room_heads h USING (room_id) LEFT JOIN state_snapshots s ON s.snapshot_id = h.snapshot_id
-		WHERE r.room_id = $1 FOR UPDATE OF r`, roomID).Scan(&version, &depth, &snap, &chain, &prev)
+		WHERE r.room_id = ANY($1) ORDER BY r.room_id FOR UPDATE OF r`, want)
 	if err != nil {
-		return nil, roomNotFound(err)
+		return fmt.Errorf("locking rooms: %w", err)
 	}
-	t := b.newHandle(roomID, version)
-	if depth != nil {
-		t.depth, t.snap, t.chainLen = *depth, *snap, *chain
+	defer rows.Close()
+	for rows.Next() {
+		var roomID id.RoomID
+		var version id.RoomVersion
+		var depth, snap, chain *int64
+		var prev []string
+		if err := rows.Scan(&roomID, &version, &depth, &snap, &chain, &prev); err != nil {
+			return err
+		}
+		t := b.newHandle(roomID, version)
+		if depth != nil {
+			t.depth, t.snap, t.chainLen = *depth, *snap, *chain
+		}
+		t.prev = make([]id.EventID, len(prev))
+		for i, p := range prev {
+			t.prev[i] = id.EventID(p)
+		}
+		if st, ok := b.heads.get(roomID, headKey(t.prev)); ok && len(t.prev) > 0 {
+			t.state = st
+		}
+		t.headLoaded = true
 	}
-	t.prev = make([]id.EventID, len(prev))
-	for i, p := range prev {
-		t.prev[i] = id.EventID(p)
-	}
-	if st, ok := b.heads.get(roomID, headKey(t.prev)); ok && len(t.prev) > 0 {
-		t.state = st
-	}
-	t.headLoaded = true
-	return t, nil
+	return rows.Err()
 }
 
 func (b *batchTx) newHandle(roomID id.RoomID, version id.RoomVersion) *roomTx {
