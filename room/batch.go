@@ -3,6 +3,7 @@ package room
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -11,19 +12,35 @@ import (
 
 // BatchTx is one write transaction shared by a batch of jobs.
 type BatchTx interface {
-	// Room locks an existing room for this transaction (ErrNotFound).
-	Room(roomID id.RoomID) (Tx, error)
 	// LockRooms locks the existing rooms among roomIDs up front (unknown
 	// ones are skipped: Room reports them).
 	LockRooms(roomIDs []id.RoomID) error
-	// NewRoom inserts and locks a new room (ErrRoomExists).
+	// Room locks an existing room for this transaction (ErrNotFound).
+	Room(roomID id.RoomID) (Tx, error)
+	// NewRoom inserts and locks a new room (ErrRoomExists, possibly only
+	// as a FlushError when the insert is sent).
 	NewRoom(roomID id.RoomID, version id.RoomVersion) (Tx, error)
-	// Savepoint, Release and Rollback bracket one job, so that a failing
-	// job leaves no trace and the others still commit.
-	Savepoint() error
-	Release() error
-	Rollback() error
+	// BeginJob starts job n: what it writes can be undone alone.
+	BeginJob(n int)
+	// RollbackJob undoes job n, which failed.
+	RollbackJob(n int) error
+	// Restore forgets what jobs after n did to cached room heads, after a
+	// FlushError for job n (the store has already undone their writes).
+	Restore(n int)
+	// Flush sends every queued write. A write that failed is reported as a
+	// *FlushError; the transaction is then back at that job's start.
+	Flush() error
 }
+
+// FlushError reports that job Job's queued writes failed with Err when they
+// were sent; the writes of the jobs after it were not applied.
+type FlushError struct {
+	Job int
+	Err error
+}
+
+func (e *FlushError) Error() string { return fmt.Sprintf("job %d: %v", e.Job, e.Err) }
+func (e *FlushError) Unwrap() error { return e.Err }
 
 // maxBatch bounds the jobs that share one commit. Each job is a savepoint
 // (a subtransaction); Postgres tracks up to 64 of them per transaction
@@ -101,36 +118,54 @@ func (b *batcher) runBatch(batch []*job) {
 		if err := btx.LockRooms(rooms); err != nil {
 			return err
 		}
-		for i, j := range batch {
-			if err := j.ctx.Err(); err != nil {
-				results[i] = err
-				continue
-			}
-			if err := btx.Savepoint(); err != nil {
-				return err
-			}
-			var tx Tx
-			var err error
-			if j.version != "" {
-				tx, err = btx.NewRoom(j.roomID, j.version)
-			} else {
-				tx, err = btx.Room(j.roomID)
-			}
-			if err == nil {
-				err = j.fn(tx)
-			}
-			if err != nil {
-				results[i] = err
-				if rerr := btx.Rollback(); rerr != nil {
-					return rerr
+		i := 0
+		for {
+			for i < len(batch) {
+				j := batch[i]
+				if err := j.ctx.Err(); err != nil {
+					results[i] = err
+					i++
+					continue
 				}
-				continue
+				btx.BeginJob(i)
+				var tx Tx
+				var err error
+				if j.version != "" {
+					tx, err = btx.NewRoom(j.roomID, j.version)
+				} else {
+					tx, err = btx.Room(j.roomID)
+				}
+				if err == nil {
+					err = j.fn(tx)
+				}
+				var fe *FlushError
+				switch {
+				case errors.As(err, &fe):
+					// An earlier job's write failed while this one read:
+					// that job fails, and the jobs after it run again.
+					results[fe.Job] = fe.Err
+					btx.Restore(fe.Job)
+					i = fe.Job + 1
+				case err != nil:
+					results[i] = err
+					if rerr := btx.RollbackJob(i); rerr != nil {
+						return rerr
+					}
+					i++
+				default:
+					results[i] = nil
+					i++
+				}
 			}
-			if err := btx.Release(); err != nil {
+			err := btx.Flush()
+			var fe *FlushError
+			if !errors.As(err, &fe) {
 				return err
 			}
+			results[fe.Job] = fe.Err
+			btx.Restore(fe.Job)
+			i = fe.Job + 1
 		}
-		return nil
 	})
 	for i, j := range batch {
 		if err != nil && results[i] == nil {

@@ -2,40 +2,142 @@ package storage
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/weftchat/weft/room"
 )
 
-// jobTx is a batch transaction as its jobs see it. Each job runs under a
-// savepoint, so a failing job leaves no trace while the others commit; to
-// cost no round trip of its own, the SAVEPOINT is sent in the same round
-// trip as the job's first statement. Savepoints are not released (that would
-// be another round trip); room/batch.go keeps batches short enough (maxBatch)
-// that the nested subtransactions stay within Postgres's per-backend cache.
+// jobTx is a batch transaction as its jobs see it.
+//
+// Writes are not sent one by one: Queue holds them, and they go to Postgres
+// as one pipeline when the batch ends or before any read (a read must see
+// the writes queued before it). Each job's statements start with its own
+// savepoint, SAVEPOINT j<n>, so one failing job can be undone alone:
+//   - a job that fails before its statements were sent is simply dropped
+//     from the queue;
+//   - a job that fails after some were sent is rolled back to its savepoint;
+//   - a statement that fails inside a pipeline (a duplicate transaction ID)
+//     is reported as *room.FlushError naming the job: the transaction is
+//     rolled back to that job's savepoint, and the batcher runs the jobs
+//     after it again (their statements never ran).
+//
+// Savepoints are not released; room/batch.go keeps batches short enough
+// (maxBatch) for Postgres's per-backend subtransaction cache.
 type jobTx struct {
-	tx pgx.Tx
-	// pending: the current job's SAVEPOINT has not been sent yet.
-	pending bool
-	// started: a statement of the current job has run (and so its savepoint exists).
-	started bool
+	tx  pgx.Tx
+	job int
+	// pending are the statements not sent yet, in order.
+	pending []queued
+	// sent[j]: job j's savepoint has reached the server.
+	sent map[int]bool
 }
 
-const savepointSQL = "SAVEPOINT job"
+type queued struct {
+	job  int
+	sql  string
+	args []any
+}
 
-func (j *jobTx) beginJob() { j.pending, j.started = true, false }
+func newJobTx(tx pgx.Tx) *jobTx { return &jobTx{tx: tx, job: -1, sent: map[int]bool{}} }
+
+func savepointName(job int) string { return fmt.Sprintf("j%d", job) }
+
+// beginJob starts job n: its statements follow its savepoint.
+func (j *jobTx) beginJob(n int) {
+	j.job = n
+	j.pending = append(j.pending, queued{job: n, sql: "SAVEPOINT " + savepointName(n)})
+}
+
+// Queue adds a write to the pipeline.
+func (j *jobTx) Queue(sql string, args ...any) {
+	j.pending = append(j.pending, queued{job: j.job, sql: sql, args: args})
+}
+
+// flush sends the queued statements as one pipeline.
+func (j *jobTx) flush(ctx context.Context) error {
+	if len(j.pending) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, q := range j.pending {
+		b.Queue(q.sql, q.args...)
+	}
+	sent := j.pending
+	j.pending = nil
+	br := j.tx.SendBatch(ctx, b)
+	var failed *room.FlushError
+	for _, q := range sent {
+		_, err := br.Exec()
+		if err == nil && failed == nil {
+			j.sent[q.job] = true
+		} else if err != nil && failed == nil {
+			failed = &room.FlushError{Job: q.job, Err: mapWriteError(err)}
+		}
+	}
+	if err := br.Close(); err != nil && failed == nil {
+		return fmt.Errorf("sending queued writes: %w", err)
+	}
+	if failed == nil {
+		return nil
+	}
+	if !j.sent[failed.Job] {
+		// Even the job's savepoint failed: nothing can be kept.
+		return fmt.Errorf("batch transaction failed: %w", failed.Err)
+	}
+	if _, err := j.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepointName(failed.Job)); err != nil {
+		return fmt.Errorf("rolling back job: %w", err)
+	}
+	for n := range j.sent {
+		if n > failed.Job {
+			delete(j.sent, n) // their savepoints are gone with the rollback
+		}
+	}
+	return failed
+}
+
+// mapWriteError turns the unique violations a job can cause into the
+// domain's errors.
+func mapWriteError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		switch pgErr.ConstraintName {
+		case "event_txns_pkey":
+			return room.ErrDuplicateTxn
+		case "rooms_pkey":
+			return room.ErrRoomExists
+		}
+	}
+	return err
+}
+
+// rollbackJob undoes job n after it failed.
+func (j *jobTx) rollbackJob(ctx context.Context, n int) error {
+	keep := j.pending[:0]
+	for _, q := range j.pending {
+		if q.job != n {
+			keep = append(keep, q)
+		}
+	}
+	j.pending = keep
+	if !j.sent[n] {
+		return nil
+	}
+	delete(j.sent, n)
+	_, err := j.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepointName(n))
+	return err
+}
+
+// Reads and immediate writes first send what is queued.
 
 func (j *jobTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	j.started = true
-	if !j.pending {
-		return j.tx.Exec(ctx, sql, args...)
+	if err := j.flush(ctx); err != nil {
+		return pgconn.CommandTag{}, err
 	}
-	j.pending = false
-	b := &pgx.Batch{}
-	b.Queue(savepointSQL)
-	var tag pgconn.CommandTag
-	b.Queue(sql, args...).Exec(func(ct pgconn.CommandTag) error { tag = ct; return nil })
-	return tag, j.tx.SendBatch(ctx, b).Close()
+	return j.tx.Exec(ctx, sql, args...)
 }
 
 func (j *jobTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
@@ -46,63 +148,10 @@ func (j *jobTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, e
 }
 
 func (j *jobTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	j.started = true
-	if !j.pending {
-		return j.tx.QueryRow(ctx, sql, args...)
-	}
-	j.pending = false
-	b := &pgx.Batch{}
-	b.Queue(savepointSQL)
-	b.Queue(sql, args...)
-	br := j.tx.SendBatch(ctx, b)
-	if _, err := br.Exec(); err != nil {
-		br.Close()
+	if err := j.flush(ctx); err != nil {
 		return errRow{err}
 	}
-	return batchRow{row: br.QueryRow(), br: br}
-}
-
-func (j *jobTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	j.started = true
-	if j.pending {
-		j.pending = false
-		b.QueuedQueries = append([]*pgx.QueuedQuery{{SQL: savepointSQL}}, b.QueuedQueries...)
-	}
-	return j.tx.SendBatch(ctx, b)
-}
-
-// flush sends a pending savepoint on its own.
-func (j *jobTx) flush(ctx context.Context) error {
-	j.started = true
-	if !j.pending {
-		return nil
-	}
-	j.pending = false
-	_, err := j.tx.Exec(ctx, savepointSQL)
-	return err
-}
-
-// rollback undoes the current job, if it ran anything.
-func (j *jobTx) rollback(ctx context.Context) error {
-	j.pending = false
-	if !j.started {
-		return nil
-	}
-	_, err := j.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT job")
-	return err
-}
-
-type batchRow struct {
-	row pgx.Row
-	br  pgx.BatchResults
-}
-
-func (r batchRow) Scan(dest ...any) error {
-	err := r.row.Scan(dest...)
-	if cerr := r.br.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return j.tx.QueryRow(ctx, sql, args...)
 }
 
 type errRow struct{ err error }

@@ -10,7 +10,6 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/federation/pdu"
@@ -21,14 +20,15 @@ import (
 
 // Rooms implements room.Store.
 type Rooms struct {
-	db    *DB
-	pdus  *pduCache
-	heads *headCache
+	db      *DB
+	pdus    *pduCache
+	heads   *headCache
+	snapIDs *snapshotIDs
 }
 
 // Rooms returns the room store.
 func (db *DB) Rooms() *Rooms {
-	return &Rooms{db: db, pdus: newPDUCache(50_000), heads: &headCache{m: map[id.RoomID]cachedHead{}}}
+	return &Rooms{db: db, pdus: newPDUCache(50_000), heads: &headCache{m: map[id.RoomID]cachedHead{}}, snapIDs: &snapshotIDs{}}
 }
 
 // headCache remembers, per room, the current-state event IDs that batches
@@ -105,9 +105,12 @@ type roomTx struct {
 	depth      int64
 	snap       int64
 	chainLen   int64
-	// dirty: the head changed and flushHeads must write it.
+	// dirty: the head changed and Flush must write it.
 	dirty bool
 	state map[pdu.StateKey]id.EventID
+	// stateComplete: state holds the whole current state (a room created
+	// in this batch), so a key not in it does not exist.
+	stateComplete bool
 }
 
 // batchTx is one batch's transaction: the rooms it has locked so far.
@@ -116,21 +119,22 @@ type batchTx struct {
 	tx    *jobTx
 	rooms map[id.RoomID]*roomTx
 	heads *headCache
-	// saved is every open room's head at the current job's savepoint.
-	saved map[id.RoomID]roomHead
+	ids   *snapshotIDs
+	// saved[n] is every open room's head when job n began.
+	saved map[int]map[id.RoomID]roomHead
 	pdus  *pduCache
-	// streamLocked: this transaction holds the stream lock (see stream.go).
+	// streamLocked: this transaction holds the stream lock (see stream.go);
+	// it is taken before the first job, at the top level, so no job's
+	// rollback can release it.
 	streamLocked bool
 }
 
 func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 	var done *batchTx
 	err := r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		b := &batchTx{ctx: ctx, tx: &jobTx{tx: tx}, rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus, heads: r.heads}
+		b := &batchTx{ctx: ctx, tx: newJobTx(tx), rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus, heads: r.heads,
+			ids: r.snapIDs, saved: map[int]map[id.RoomID]roomHead{}}
 		if err := fn(b); err != nil {
-			return err
-		}
-		if err := b.flushHeads(); err != nil {
 			return err
 		}
 		done = b
@@ -167,27 +171,26 @@ func (t *roomTx) restoreHead(h roomHead) {
 	t.headLoaded, t.prev, t.depth, t.snap, t.chainLen, t.dirty, t.state = h.headLoaded, h.prev, h.depth, h.snap, h.chainLen, h.dirty, h.state
 }
 
-// flushHeads writes each changed room's head (depth, snapshot, forward
-// extremity) once per batch instead of once per event: updating the same
-// rows for every event of a batch would pile up row versions.
-func (b *batchTx) flushHeads() error {
-	pb := &pgx.Batch{}
+// Flush writes each changed room's head (depth, snapshot, forward
+// extremity) once per batch instead of once per event (updating the same
+// rows for every event would pile up row versions), and sends everything
+// queued.
+func (b *batchTx) Flush() error {
 	for _, t := range b.rooms {
 		if !t.dirty {
 			continue
 		}
-		pb.Queue(`UPDATE room_heads SET snapshot_id = $2, depth = $3 WHERE room_id = $1`, t.roomID, t.snap, t.depth)
-		pb.Queue(`DELETE FROM forward_extremities WHERE room_id = $1`, t.roomID)
+		b.tx.Queue(`UPDATE room_heads SET snapshot_id = $2, depth = $3 WHERE room_id = $1`, t.roomID, t.snap, t.depth)
+		b.tx.Queue(`DELETE FROM forward_extremities WHERE room_id = $1`, t.roomID)
 		for _, e := range t.prev {
-			pb.Queue(`INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, t.roomID, e)
+			b.tx.Queue(`INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, t.roomID, e)
 		}
+	}
+	if err := b.tx.flush(b.ctx); err != nil {
+		return err
+	}
+	for _, t := range b.rooms {
 		t.dirty = false
-	}
-	if pb.Len() == 0 {
-		return nil
-	}
-	if err := b.tx.tx.SendBatch(b.ctx, pb).Close(); err != nil {
-		return fmt.Errorf("writing room heads: %w", err)
 	}
 	return nil
 }
@@ -214,6 +217,15 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 	for _, rid := range roomIDs {
 		if _, ok := b.rooms[rid]; !ok {
 			want = append(want, string(rid))
+		}
+	}
+	if !b.streamLocked {
+		// From here to COMMIT this transaction holds the stream lock: the
+		// positions it takes become visible in order (stream.go).
+		b.tx.Queue("SELECT pg_advisory_xact_lock($1)", streamLockID)
+		b.streamLocked = true
+		if len(want) == 0 {
+			return b.tx.flush(b.ctx)
 		}
 	}
 	if len(want) == 0 {
@@ -257,45 +269,45 @@ func (b *batchTx) newHandle(roomID id.RoomID, version id.RoomVersion) *roomTx {
 	return t
 }
 
+// NewRoom queues the room's row; a room ID in use surfaces as ErrRoomExists
+// (in a FlushError when the insert is sent).
 func (b *batchTx) NewRoom(roomID id.RoomID, version id.RoomVersion) (room.Tx, error) {
-	if _, err := b.tx.Exec(b.ctx, `INSERT INTO rooms (room_id, room_version) VALUES ($1, $2)`, roomID, version); isUniqueViolation(err) {
-		return nil, room.ErrRoomExists
-	} else if err != nil {
-		return nil, fmt.Errorf("inserting room: %w", err)
-	}
+	b.tx.Queue(`INSERT INTO rooms (room_id, room_version) VALUES ($1, $2)`, roomID, version)
 	t := b.newHandle(roomID, version)
-	t.headLoaded = true // a new room has no head yet
+	t.headLoaded = true    // a new room has no head yet
+	t.stateComplete = true // and no state but what its jobs append
 	return t, nil
 }
 
-// A job that fails is rolled back to its savepoint; the room handles it
-// touched are forgotten, as their cached heads may be gone with it.
-func (b *batchTx) Savepoint() error {
-	b.tx.beginJob()
-	b.saved = make(map[id.RoomID]roomHead, len(b.rooms))
+// BeginJob starts job n under its own savepoint and remembers the rooms'
+// heads, to go back to if the job fails.
+func (b *batchTx) BeginJob(n int) {
+	b.tx.beginJob(n)
+	saved := make(map[id.RoomID]roomHead, len(b.rooms))
 	for rid, t := range b.rooms {
-		b.saved[rid] = t.saveHead()
+		saved[rid] = t.saveHead()
 	}
-	return nil
+	b.saved[n] = saved
 }
 
-// Release keeps the savepoint: see jobTx.
-func (b *batchTx) Release() error { return nil }
+// RollbackJob undoes job n: its writes, and its changes to cached heads.
+func (b *batchTx) RollbackJob(n int) error {
+	b.Restore(n)
+	return b.tx.rollbackJob(b.ctx, n)
+}
 
-func (b *batchTx) Rollback() error {
-	// Rooms first opened by this job lose their row lock with the rollback
-	// and are forgotten; the others go back to their heads at the savepoint.
-	// The stream lock may have been taken inside the job: take it again
-	// when next needed (taking it twice is harmless).
+// Restore puts the rooms' heads back as they were when job n began; rooms
+// first opened after that are forgotten (their row locks went with the
+// rollback).
+func (b *batchTx) Restore(n int) {
+	saved := b.saved[n]
 	for rid, t := range b.rooms {
-		if h, ok := b.saved[rid]; ok {
+		if h, ok := saved[rid]; ok {
 			t.restoreHead(h)
 		} else {
 			delete(b.rooms, rid)
 		}
 	}
-	b.streamLocked = false
-	return b.tx.rollback(b.ctx)
 }
 
 func (t *roomTx) RoomID() id.RoomID           { return t.roomID }
@@ -313,7 +325,7 @@ func (t *roomTx) CurrentStateIDs(keys []pdu.StateKey) (map[pdu.StateKey]id.Event
 			missing = append(missing, k)
 		}
 	}
-	if len(missing) == 0 {
+	if len(missing) == 0 || t.stateComplete {
 		return out, nil
 	}
 	types := make([]string, len(missing))
@@ -445,28 +457,24 @@ func (t *roomTx) TxnEvent(sender id.UserID, device id.DeviceID, txnID string) (i
 	return eid, err == nil, err
 }
 
-// Append stores the event as the room's new single head. Local rooms are
+// Append queues the event as the room's new single head. Local rooms are
 // linear: the new event's prev_events were all the extremities, so it
-// replaces them. The writes go to Postgres as one pipelined batch.
+// replaces them. Nothing is sent yet: the batch's writes go to Postgres
+// together (jobTx), and the position is taken by nextval when the insert
+// runs, under the stream lock the batch holds.
 func (t *roomTx) Append(e *room.Appended) (int64, error) {
-	ctx, tx := t.ctx, t.tx
 	if err := t.loadHead(); err != nil {
 		return 0, err
 	}
 	if t.snap == 0 {
 		// First event of a new room: the state before it is empty.
-		if err := tx.QueryRow(ctx, `WITH s AS (INSERT INTO state_snapshots (room_id, chain_len) VALUES ($1, 0) RETURNING snapshot_id)
-			INSERT INTO room_heads (room_id, snapshot_id, depth) SELECT $1, snapshot_id, 0 FROM s RETURNING snapshot_id`, t.roomID).Scan(&t.snap); err != nil {
-			return 0, fmt.Errorf("creating root snapshot: %w", err)
+		id, err := t.batch.ids.next(t.ctx, t.tx)
+		if err != nil {
+			return 0, err
 		}
-	}
-	if !t.batch.streamLocked {
-		// From here to COMMIT this transaction holds the stream lock: the
-		// positions it takes become visible in order (stream.go).
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", streamLockID); err != nil {
-			return 0, fmt.Errorf("taking the stream lock: %w", err)
-		}
-		t.batch.streamLocked = true
+		t.tx.Queue(`INSERT INTO state_snapshots (snapshot_id, room_id, chain_len) VALUES ($1, $2, 0)`, id, t.roomID)
+		t.tx.Queue(`INSERT INTO room_heads (room_id, snapshot_id, depth) VALUES ($1, $2, 0)`, t.roomID, id)
+		t.snap, t.chainLen = id, 0
 	}
 	newSnap, newChain := t.snap, t.chainLen
 	if e.PDU.StateKey != nil {
@@ -477,68 +485,83 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 	}
 	relatesTo := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.event_id").Str
 	relType := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.rel_type").Str
-	var pos int64
-	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, '')) RETURNING stream_pos`,
-		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, t.snap, string(e.Raw), relatesTo, relType).
-		QueryRow(func(row pgx.Row) error { return row.Scan(&pos) })
+	t.tx.Queue(`INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, ''))`,
+		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, t.snap, string(e.Raw), relatesTo, relType)
 	if e.PDU.StateKey != nil {
 		var membership *string
 		if e.PDU.Type == "m.room.member" {
 			m := gjson.GetBytes(e.PDU.Content, "membership").Str
 			membership = &m
 		}
-		b.Queue(`INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES ($1, $2, $3, $4, $5)
+		t.tx.Queue(`INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id, membership = EXCLUDED.membership`,
 			t.roomID, e.PDU.Type, *e.PDU.StateKey, e.ID, membership)
 	}
 	if e.TxnID != "" {
-		b.Queue(`INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)`, e.PDU.Sender, e.TxnDevice, e.TxnID, e.ID)
+		t.tx.Queue(`INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)`, e.PDU.Sender, e.TxnDevice, e.TxnID, e.ID)
 	}
 	if e.Redacts != "" {
-		b.Queue(`UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3 AND redacted_by IS NULL`, e.Redacts, e.ID, t.roomID)
-	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "event_txns_pkey" {
-			return 0, room.ErrDuplicateTxn
-		}
-		return 0, fmt.Errorf("appending event: %w", err)
+		t.tx.Queue(`UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3 AND redacted_by IS NULL`, e.Redacts, e.ID, t.roomID)
 	}
 	t.prev, t.depth, t.snap, t.chainLen, t.dirty = []id.EventID{e.ID}, e.PDU.Depth, newSnap, newChain, true
 	if e.PDU.StateKey != nil {
 		t.state[pdu.StateKey{Type: e.PDU.Type, StateKey: *e.PDU.StateKey}] = e.ID
 	}
 	t.pdus.put(e.ID, e.PDU)
-	return pos, nil
+	return 0, nil
 }
 
-// addToSnapshot writes the snapshot "head plus this state event": a delta
+// addToSnapshot queues the snapshot "head plus this state event": a delta
 // of one entry, or a full copy once the chain is snapshotRebase long.
 func (t *roomTx) addToSnapshot(e *room.Appended) (int64, int64, error) {
-	ctx, tx := t.ctx, t.tx
-	var snap int64
-	chain := t.chainLen + 1
-	if chain < snapshotRebase {
-		if err := tx.QueryRow(ctx, `WITH s AS (INSERT INTO state_snapshots (room_id, parent_id, chain_len) VALUES ($1, $2, $3) RETURNING snapshot_id)
-			INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id) SELECT snapshot_id, $4, $5, $6 FROM s RETURNING snapshot_id`,
-			t.roomID, t.snap, chain, e.PDU.Type, *e.PDU.StateKey, e.ID).Scan(&snap); err != nil {
-			return 0, 0, fmt.Errorf("writing state snapshot: %w", err)
-		}
-		return snap, chain, nil
-	}
-	chain = 0
-	if err := tx.QueryRow(ctx, `INSERT INTO state_snapshots (room_id, chain_len) VALUES ($1, 0) RETURNING snapshot_id`, t.roomID).Scan(&snap); err != nil {
+	snap, err := t.batch.ids.next(t.ctx, t.tx)
+	if err != nil {
 		return 0, 0, err
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id)
-		SELECT $1, type, state_key, event_id FROM (`+resolveSnapshotSQL+`) s`, snap, t.snap); err != nil {
-		return 0, 0, fmt.Errorf("copying snapshot: %w", err)
+	chain := t.chainLen + 1
+	if chain < snapshotRebase {
+		t.tx.Queue(`INSERT INTO state_snapshots (snapshot_id, room_id, parent_id, chain_len) VALUES ($1, $2, $3, $4)`, snap, t.roomID, t.snap, chain)
+		t.tx.Queue(`INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id) VALUES ($1, $2, $3, $4)`, snap, e.PDU.Type, *e.PDU.StateKey, e.ID)
+		return snap, chain, nil
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id) VALUES ($1, $2, $3, $4)
+	t.tx.Queue(`INSERT INTO state_snapshots (snapshot_id, room_id, chain_len) VALUES ($1, $2, 0)`, snap, t.roomID)
+	t.tx.Queue(`INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id)
+		SELECT $1, type, state_key, event_id FROM (`+resolveSnapshotSQL+`) s`, snap, t.snap)
+	t.tx.Queue(`INSERT INTO state_snapshot_entries (snapshot_id, type, state_key, event_id) VALUES ($1, $2, $3, $4)
 		ON CONFLICT (snapshot_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id`, snap, e.PDU.Type, *e.PDU.StateKey, e.ID)
-	return snap, chain, err
+	return snap, 0, nil
+}
+
+// snapshotIDs hands out state snapshot IDs from blocks taken from the
+// table's sequence, so queued writes can refer to a snapshot before it is
+// inserted. IDs of rolled-back jobs are simply never used.
+type snapshotIDs struct {
+	mu   sync.Mutex
+	free []int64
+}
+
+const snapshotIDBlock = 100
+
+func (a *snapshotIDs) next(ctx context.Context, q querier) (int64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.free) == 0 {
+		// nextval is atomic, so the IDs are ours even with other processes
+		// taking IDs at the same time.
+		rows, err := q.Query(ctx, `SELECT nextval('state_snapshots_snapshot_id_seq') FROM generate_series(1, $1)`, snapshotIDBlock)
+		if err != nil {
+			return 0, fmt.Errorf("reserving snapshot IDs: %w", err)
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			return 0, fmt.Errorf("reserving snapshot IDs: %w", err)
+		}
+		a.free = ids
+	}
+	id := a.free[0]
+	a.free = a.free[1:]
+	return id, nil
 }
 
 // resolveSnapshotSQL lists the state of snapshot $2 (as type, state_key,
