@@ -207,7 +207,8 @@ func (s *server) messages(w http.ResponseWriter, r *http.Request) {
 
 // GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}
 func (s *server) getEvent(w http.ResponseWriter, r *http.Request) {
-	ev, err := s.opts.Rooms.Event(r.Context(), requester(r).UserID, pathRoom(r), id.EventID(pathParam(r, "eventId")))
+	me := requester(r)
+	ev, err := s.opts.Rooms.Event(r.Context(), me.UserID, pathRoom(r), id.EventID(pathParam(r, "eventId")), s.ignoredUsers(r, me.UserID))
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return

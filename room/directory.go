@@ -596,7 +596,7 @@ func (s *Service) ReportEvent(ctx context.Context, reporter id.UserID, roomID id
 	if m != "join" {
 		return notFound
 	}
-	if _, err := s.Event(ctx, reporter, roomID, eventID); err != nil {
+	if _, err := s.Event(ctx, reporter, roomID, eventID, nil); err != nil {
 		var re mautrix.RespError
 		if errors.As(err, &re) && (re.ErrCode == mautrix.MNotFound.ErrCode || re.ErrCode == mautrix.MForbidden.ErrCode) {
 			return notFound

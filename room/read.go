@@ -411,8 +411,9 @@ func (s *Service) StateEvent(ctx context.Context, user id.UserID, roomID id.Room
 	return nil, errNotFound("No such state event")
 }
 
-// Event is GET /rooms/{roomId}/event/{eventId}.
-func (s *Service) Event(ctx context.Context, user id.UserID, roomID id.RoomID, eventID id.EventID) (*ClientEvent, error) {
+// Event is GET /rooms/{roomId}/event/{eventId}. Its bundled aggregations
+// leave out children sent by the ignored users, as Messages does.
+func (s *Service) Event(ctx context.Context, user id.UserID, roomID id.RoomID, eventID id.EventID, ignored map[id.UserID]bool) (*ClientEvent, error) {
 	vis, _, err := s.visibilityFor(ctx, user, roomID)
 	if err != nil {
 		return nil, err
@@ -432,7 +433,7 @@ func (s *Service) Event(ctx context.Context, user id.UserID, roomID id.RoomID, e
 		return nil, errNotFound("Event not found")
 	}
 	evs := []ClientEvent{s.ToClient(e)}
-	if err := s.bundleAggregations(ctx, vis, nil, evs); err != nil {
+	if err := s.bundleAggregations(ctx, vis, ignored, evs); err != nil {
 		return nil, err
 	}
 	return &evs[0], nil

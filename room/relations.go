@@ -15,9 +15,10 @@ import (
 // Relation types the server aggregates (spec: "Aggregations of child
 // events"). m.annotation is deliberately not aggregated.
 const (
-	relReplace   = "m.replace"
-	relThread    = "m.thread"
-	relReference = "m.reference"
+	relReplace    = "m.replace"
+	relThread     = "m.thread"
+	relReference  = "m.reference"
+	relAnnotation = "m.annotation"
 )
 
 // RelationStore is the read side of the relations index (the events
@@ -45,6 +46,22 @@ type RelationStore interface {
 	// ThreadRoots lists a room's thread roots by latest activity (the
 	// stream position of the newest counted m.thread child), newest first.
 	ThreadRoots(ctx context.Context, q ThreadQuery) ([]ThreadRoot, error)
+}
+
+// RelationTx is what Send asks of a room's write transaction before it
+// appends a relation; *storage's room transaction implements it, and the
+// service finds it by type assertion on its Tx. Read under the room's
+// lock, it sees every earlier write to the room, those of the same batch
+// included, so two racing sends cannot both pass a check. Like
+// RelationStore, it ignores rejected and redacted events.
+type RelationTx interface {
+	// RelTypeOf is the rel_type of the relation eventID, an event of this
+	// room, makes; "" if it makes none (or its relation was redacted) and
+	// ErrNotFound if the room has no such event.
+	RelTypeOf(eventID id.EventID) (string, error)
+	// HasAnnotation reports whether sender already annotated target with
+	// an event of type typ and this key.
+	HasAnnotation(sender id.UserID, target id.EventID, typ, key string) (bool, error)
 }
 
 // RelationQuery selects a page of /relations.

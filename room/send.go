@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/federation/pdu"
 	"maunium.net/go/mautrix/id"
@@ -35,9 +36,14 @@ func (s *Service) Send(ctx context.Context, p SendParams) (id.EventID, error) {
 	// No lookup before appending: the transaction ID is recorded with the
 	// event under a unique key, so a retry fails its append (rolled back
 	// alone, see batch.go) with ErrDuplicateTxn, and only then is the first
-	// event looked up. Retries are rare; this saves a query on every send.
+	// event looked up. Retries are rare; this saves a query on every send
+	// (only threads and annotations are looked at first: checkRelation).
 	err := s.inRoom(ctx, p.RoomID, func(tx Tx) error {
-		var err error
+		retried, err := checkRelation(tx, p, txn)
+		if err != nil || retried != "" {
+			eventID = retried
+			return err
+		}
 		eventID, err = s.appendEvent(tx, eventRequest{Sender: p.Sender, Type: p.Type, Content: p.Content, TxnDevice: p.Device, TxnID: txn})
 		return err
 	})
@@ -52,6 +58,74 @@ func (s *Service) Send(ctx context.Context, p SendParams) (id.EventID, error) {
 		})
 	}
 	return eventID, err
+}
+
+// checkRelation refuses the relations the spec asks servers to refuse
+// from clients: a thread started from an event that is itself a relation
+// (400 M_UNKNOWN, the spec having no errcode for it), and a second
+// annotation by the same sender of the same event with the same event
+// type and key while the first is not redacted (400
+// M_DUPLICATE_ANNOTATION). An unknown parent is let through, as it is
+// without the checks (it may yet arrive over federation). Sends without
+// m.relates_to cost nothing more.
+//
+// A refusal is only given to a member of the room: anyone else learns
+// nothing of the room's events, and is refused by the auth rules when the
+// event is appended. A retry of a send that passed (the same transaction
+// ID) is no duplicate: its first event is returned, to be answered.
+func checkRelation(tx Tx, p SendParams, txn string) (retried id.EventID, err error) {
+	refusal, err := relationRefusal(tx, p.Sender, p.Type, p.Content)
+	if err != nil || refusal == nil {
+		return "", err
+	}
+	if txn != "" {
+		if prev, ok, err := tx.TxnEvent(p.Sender, p.Device, txn); err != nil || ok {
+			return prev, err
+		}
+	}
+	if m, err := txMembership(tx, p.Sender); err != nil || m != "join" {
+		return "", err
+	}
+	return "", *refusal
+}
+
+// relationRefusal is the refusal checkRelation's rules give, if any.
+func relationRefusal(tx Tx, sender id.UserID, typ string, content json.RawMessage) (*mautrix.RespError, error) {
+	rel := gjson.GetBytes(content, `m\.relates_to`)
+	if !rel.IsObject() {
+		return nil, nil
+	}
+	relType := rel.Get("rel_type").Str
+	parent := id.EventID(rel.Get("event_id").Str)
+	if parent == "" || (relType != relThread && relType != relAnnotation) {
+		return nil, nil
+	}
+	rt, ok := tx.(RelationTx)
+	if !ok {
+		return nil, errors.New("room transaction has no relations index")
+	}
+	switch relType {
+	case relThread:
+		parentRel, err := rt.RelTypeOf(parent)
+		if errors.Is(err, ErrNotFound) || (err == nil && parentRel == "") {
+			return nil, nil
+		} else if err != nil {
+			return nil, err
+		}
+		r := mautrix.MUnknown.WithMessage("Cannot start a thread from an event with a relation (" + parentRel + ")").WithStatus(400)
+		return &r, nil
+	case relAnnotation:
+		key := rel.Get("key")
+		if key.Type != gjson.String {
+			return nil, nil // encrypted reactions carry no key in the clear
+		}
+		dup, err := rt.HasAnnotation(sender, parent, typ, key.Str)
+		if err != nil || !dup {
+			return nil, err
+		}
+		return &mautrix.RespError{ErrCode: "M_DUPLICATE_ANNOTATION", Err: "You already sent this annotation of this event", StatusCode: 400}, nil
+	}
+	return nil, nil
 }
 
 // txnScope is the key a client transaction ID is stored under. The spec

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"maunium.net/go/mautrix/id"
@@ -160,4 +161,40 @@ func (r *Rooms) InsertReport(ctx context.Context, rep room.Report) error {
 		return fmt.Errorf("storing report: %w", err)
 	}
 	return nil
+}
+
+// StoredReport is a content report as the operator sees it.
+type StoredReport struct {
+	ID int64
+	room.Report
+}
+
+// Reports lists content reports, newest first: those made at or after
+// since (the zero time: all of them), at most limit (0: no limit). It is
+// the operator's view (weft reports list), not part of room.Store.
+func (db *DB) Reports(ctx context.Context, since time.Time, limit int) ([]StoredReport, error) {
+	var sinceArg *time.Time
+	if !since.IsZero() {
+		sinceArg = &since
+	}
+	var limitArg *int
+	if limit > 0 {
+		limitArg = &limit
+	}
+	rows, err := db.pool.Query(ctx, `SELECT report_id, reporter, room_id, coalesce(event_id, ''), reason, score, created_at
+		FROM content_reports WHERE $1::timestamptz IS NULL OR created_at >= $1
+		ORDER BY created_at DESC, report_id DESC LIMIT $2`, sinceArg, limitArg)
+	if err != nil {
+		return nil, fmt.Errorf("listing reports: %w", err)
+	}
+	defer rows.Close()
+	var out []StoredReport
+	for rows.Next() {
+		var r StoredReport
+		if err := rows.Scan(&r.ID, &r.Reporter, &r.RoomID, &r.EventID, &r.Reason, &r.Score, &r.At); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
 }

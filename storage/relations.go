@@ -2,8 +2,10 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
+	"github.com/jackc/pgx/v5"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/room"
@@ -12,6 +14,7 @@ import (
 var (
 	_ room.RelationStore  = (*Rooms)(nil)
 	_ room.HierarchyStore = (*Rooms)(nil)
+	_ room.RelationTx     = (*roomTx)(nil)
 )
 
 // liveChild is the condition on a relating event c that still counts: not
@@ -162,6 +165,29 @@ func (r *Rooms) ThreadRoots(ctx context.Context, q room.ThreadQuery) ([]room.Thr
 		out = append(out, room.ThreadRoot{Root: &ev, Latest: latest})
 	}
 	return out, rows.Err()
+}
+
+// RelTypeOf is the rel_type of the live relation eventID makes, read in
+// the room's locked transaction (so after the batch's earlier writes).
+func (t *roomTx) RelTypeOf(eventID id.EventID) (string, error) {
+	var relType string
+	err := t.tx.QueryRow(t.ctx, `SELECT CASE WHEN NOT rejected AND redacted_by IS NULL THEN coalesce(rel_type, '') ELSE '' END
+		FROM events WHERE event_id = $1 AND room_id = $2`, eventID, t.roomID).Scan(&relType)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", room.ErrNotFound
+	}
+	return relType, err
+}
+
+// HasAnnotation looks among target's annotations (the events_relates
+// index) for a live one by sender with this event type and key.
+func (t *roomTx) HasAnnotation(sender id.UserID, target id.EventID, typ, key string) (bool, error) {
+	var found bool
+	err := t.tx.QueryRow(t.ctx, `SELECT EXISTS (SELECT 1 FROM events c
+		WHERE c.relates_to = $1 AND c.rel_type = 'm.annotation' AND c.room_id = $2 AND `+liveChild+`
+			AND c.sender = $3 AND c.type = $4 AND c.pdu->'content'->'m.relates_to'->>'key' = $5)`,
+		target, t.roomID, sender, typ, key).Scan(&found)
+	return found, err
 }
 
 // summaryStateTypes are the state events a hierarchy entry is built from

@@ -22,6 +22,7 @@ Usage:
   weft serve [-c weft.yaml]   run the server (no config: embedded PostgreSQL, localhost)
   weft user ...               create, list, deactivate accounts; reset passwords; set admins
   weft registration-token create   issue a registration token (registration.mode: token)
+  weft reports list           list users' content reports, newest first
   weft keys show              print the server's signing key ID and public key
   weft generate-config        print a commented configuration to start from
   weft version                print the version
@@ -51,6 +52,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "user", "registration-token":
 		if err := userCommand(ctx, args[0], args[1:], os.Stdin, stdout, stderr); err != nil {
+			fmt.Fprintln(stderr, "weft: "+strings.ReplaceAll(err.Error(), "\n", "; "))
+			return 1
+		}
+		return 0
+	case "reports":
+		if err := reportsCommand(ctx, args[1:], os.Stdin, stdout, stderr); err != nil {
 			fmt.Fprintln(stderr, "weft: "+strings.ReplaceAll(err.Error(), "\n", "; "))
 			return 1
 		}
