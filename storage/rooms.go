@@ -176,15 +176,26 @@ func (t *roomTx) restoreHead(h roomHead) {
 // rows for every event would pile up row versions), and sends everything
 // queued.
 func (b *batchTx) Flush() error {
+	var rooms, extRooms, extEvents []string
+	var snaps, depths []int64
 	for _, t := range b.rooms {
 		if !t.dirty {
 			continue
 		}
-		b.tx.Queue(`UPDATE room_heads SET snapshot_id = $2, depth = $3 WHERE room_id = $1`, t.roomID, t.snap, t.depth)
-		b.tx.Queue(`DELETE FROM forward_extremities WHERE room_id = $1`, t.roomID)
+		rooms = append(rooms, string(t.roomID))
+		snaps = append(snaps, t.snap)
+		depths = append(depths, t.depth)
 		for _, e := range t.prev {
-			b.tx.Queue(`INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)`, t.roomID, e)
+			extRooms = append(extRooms, string(t.roomID))
+			extEvents = append(extEvents, string(e))
 		}
+	}
+	if len(rooms) > 0 {
+		// Three statements for all the batch's rooms.
+		b.tx.Queue(`UPDATE room_heads h SET snapshot_id = u.snap, depth = u.depth
+			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(room_id, snap, depth) WHERE h.room_id = u.room_id`, rooms, snaps, depths)
+		b.tx.Queue(`DELETE FROM forward_extremities WHERE room_id = ANY($1)`, rooms)
+		b.tx.Queue(`INSERT INTO forward_extremities (room_id, event_id) SELECT * FROM unnest($1::text[], $2::text[])`, extRooms, extEvents)
 	}
 	if err := b.tx.flush(b.ctx); err != nil {
 		return err
