@@ -127,11 +127,7 @@ func (s *server) putDevice(w http.ResponseWriter, r *http.Request) {
 	} else {
 		_, err = s.opts.Accounts.Device(r.Context(), me.UserID, dev)
 	}
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, struct{}{})
+	s.respond(w, r, struct{}{}, err)
 }
 
 // DELETE /_matrix/client/v3/devices/{deviceId} (UIA)

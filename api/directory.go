@@ -55,11 +55,7 @@ func (s *server) putAlias(w http.ResponseWriter, r *http.Request) {
 // GET /_matrix/client/v3/directory/room/{roomAlias}
 func (s *server) getAlias(w http.ResponseWriter, r *http.Request) {
 	roomID, servers, err := s.opts.Rooms.ResolveAlias(r.Context(), pathParam(r, "roomAlias"))
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"room_id": roomID, "servers": servers})
+	s.respond(w, r, map[string]any{"room_id": roomID, "servers": servers}, err)
 }
 
 // DELETE /_matrix/client/v3/directory/room/{roomAlias}
@@ -76,21 +72,13 @@ func (s *server) deleteAlias(w http.ResponseWriter, r *http.Request) {
 func (s *server) roomAliases(w http.ResponseWriter, r *http.Request) {
 	me := requester(r)
 	aliases, err := s.opts.Rooms.LocalAliases(r.Context(), me.UserID, me.IsAdmin, pathRoom(r))
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"aliases": aliases})
+	s.respond(w, r, map[string]any{"aliases": aliases}, err)
 }
 
 // GET /_matrix/client/v3/directory/list/room/{roomId}
 func (s *server) getDirectoryVisibility(w http.ResponseWriter, r *http.Request) {
 	v, err := s.opts.Rooms.DirectoryVisibility(r.Context(), pathRoom(r))
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"visibility": v})
+	s.respond(w, r, map[string]string{"visibility": v}, err)
 }
 
 // PUT /_matrix/client/v3/directory/list/room/{roomId}
@@ -153,11 +141,7 @@ func (s *server) postPublicRooms(w http.ResponseWriter, r *http.Request) {
 
 func (s *server) writePublicRooms(w http.ResponseWriter, r *http.Request, p room.PublicRoomsParams) {
 	res, err := s.opts.Rooms.PublicRooms(r.Context(), p)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	s.respond(w, r, res, err)
 }
 
 // GET /_matrix/client/v3/thirdparty/protocols: no bridges yet, so none.
@@ -191,11 +175,7 @@ func (s *server) reportEvent(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	err := s.opts.Rooms.ReportEvent(r.Context(), requester(r).UserID, pathRoom(r), id.EventID(pathParam(r, "eventId")), body.Reason, body.Score)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, struct{}{})
+	s.respond(w, r, struct{}{}, err)
 }
 
 // POST /_matrix/client/v3/rooms/{roomId}/report (spec v1.13). The spec

@@ -114,3 +114,12 @@ func hasNULText(err error) bool {
 	var pg interface{ SQLState() string }
 	return errors.As(err, &pg) && pg.SQLState() == "22021"
 }
+
+// respond ends a handler: err as a Matrix error, or v as a 200 JSON body.
+func (s *server) respond(w http.ResponseWriter, r *http.Request, v any, err error) {
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}

@@ -146,11 +146,7 @@ func (s *server) createFilter(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fid, err := s.opts.Accounts.CreateFilter(r.Context(), requester(r), pathUser(r), raw)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"filter_id": fid})
+	s.respond(w, r, map[string]string{"filter_id": fid}, err)
 }
 
 // GET /_matrix/client/v3/user/{userId}/filter/{filterId}

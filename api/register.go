@@ -79,11 +79,7 @@ func (s *server) registrationTokenValidity(w http.ResponseWriter, r *http.Reques
 		return
 	}
 	ok, err := s.opts.Accounts.RegistrationTokenValid(r.Context(), token)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]bool{"valid": ok})
+	s.respond(w, r, map[string]bool{"valid": ok}, err)
 }
 
 // GET /_synapse/admin/v1/register: a nonce for shared-secret registration.
@@ -93,11 +89,7 @@ func (s *server) sharedSecretNonce(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	nonce, err := s.opts.Accounts.NewRegistrationNonce(r.Context())
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"nonce": nonce})
+	s.respond(w, r, map[string]string{"nonce": nonce}, err)
 }
 
 // POST /_synapse/admin/v1/register: Synapse-compatible shared-secret registration.

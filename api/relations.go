@@ -86,11 +86,7 @@ func (s *server) relations(w http.ResponseWriter, r *http.Request) {
 		p.Recurse = &recurse
 	}
 	res, err := s.opts.Rooms.Relations(r.Context(), p)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	s.respond(w, r, res, err)
 }
 
 // GET /_matrix/client/v1/rooms/{roomId}/threads
@@ -110,11 +106,7 @@ func (s *server) threads(w http.ResponseWriter, r *http.Request) {
 		User: me.UserID, RoomID: pathRoom(r), Participated: include == "participated",
 		From: q.Get("from"), Limit: limit, Ignored: s.ignoredUsers(r, me.UserID),
 	})
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	s.respond(w, r, res, err)
 }
 
 // GET /_matrix/client/v1/rooms/{roomId}/hierarchy
@@ -137,9 +129,5 @@ func (s *server) hierarchy(w http.ResponseWriter, r *http.Request) {
 		p.MaxDepth = &depth
 	}
 	res, err := s.opts.Rooms.SpaceHierarchy(r.Context(), p)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	s.respond(w, r, res, err)
 }

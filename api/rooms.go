@@ -37,11 +37,7 @@ func (s *server) createRoom(w http.ResponseWriter, r *http.Request) {
 		IsDirect: req.IsDirect, InitialState: req.InitialState, CreationContent: req.CreationContent,
 		PowerLevelContentOverride: req.PowerLevelContentOverride, RoomVersion: req.RoomVersion,
 	})
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]id.RoomID{"room_id": roomID})
+	s.respond(w, r, map[string]id.RoomID{"room_id": roomID}, err)
 }
 
 // readContent reads an event content body: a JSON object.
@@ -65,11 +61,7 @@ func (s *server) sendEvent(w http.ResponseWriter, r *http.Request) {
 		Sender: me.UserID, Device: me.DeviceID, RoomID: pathRoom(r),
 		Type: pathParam(r, "eventType"), TxnID: pathParam(r, "txnId"), Content: content,
 	})
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]id.EventID{"event_id": eventID})
+	s.respond(w, r, map[string]id.EventID{"event_id": eventID}, err)
 }
 
 // PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}[/{stateKey}]
@@ -80,11 +72,7 @@ func (s *server) putState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	eventID, err := s.opts.Rooms.SetState(r.Context(), requester(r).UserID, pathRoom(r), pathParam(r, "eventType"), pathParam(r, "stateKey"), content)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]id.EventID{"event_id": eventID})
+	s.respond(w, r, map[string]id.EventID{"event_id": eventID}, err)
 }
 
 // GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}[/{stateKey}]: the
@@ -105,11 +93,7 @@ func (s *server) getState(w http.ResponseWriter, r *http.Request) {
 // GET /_matrix/client/v3/rooms/{roomId}/state
 func (s *server) getAllState(w http.ResponseWriter, r *http.Request) {
 	evs, err := s.opts.Rooms.State(r.Context(), requester(r).UserID, pathRoom(r))
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, evs)
+	s.respond(w, r, evs, err)
 }
 
 type membershipBody struct {
@@ -198,53 +182,33 @@ func (s *server) messages(w http.ResponseWriter, r *http.Request) {
 		User: me.UserID, RoomID: pathRoom(r), From: q.Get("from"), To: q.Get("to"),
 		Backward: dir == "b", Limit: limit, Ignored: s.ignoredUsers(r, me.UserID), Filter: filter,
 	})
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	s.respond(w, r, res, err)
 }
 
 // GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}
 func (s *server) getEvent(w http.ResponseWriter, r *http.Request) {
 	me := requester(r)
 	ev, err := s.opts.Rooms.Event(r.Context(), me.UserID, pathRoom(r), id.EventID(pathParam(r, "eventId")), s.ignoredUsers(r, me.UserID))
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, ev)
+	s.respond(w, r, ev, err)
 }
 
 // GET /_matrix/client/v3/rooms/{roomId}/members
 func (s *server) members(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	evs, err := s.opts.Rooms.Members(r.Context(), requester(r).UserID, pathRoom(r), q.Get("at"), q.Get("membership"), q.Get("not_membership"))
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"chunk": evs})
+	s.respond(w, r, map[string]any{"chunk": evs}, err)
 }
 
 // GET /_matrix/client/v3/rooms/{roomId}/joined_members
 func (s *server) joinedMembers(w http.ResponseWriter, r *http.Request) {
 	m, err := s.opts.Rooms.JoinedMembers(r.Context(), requester(r).UserID, pathRoom(r))
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"joined": m})
+	s.respond(w, r, map[string]any{"joined": m}, err)
 }
 
 // GET /_matrix/client/v3/joined_rooms
 func (s *server) joinedRooms(w http.ResponseWriter, r *http.Request) {
 	rooms, err := s.opts.Rooms.JoinedRooms(r.Context(), requester(r).UserID)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"joined_rooms": rooms})
+	s.respond(w, r, map[string]any{"joined_rooms": rooms}, err)
 }
 
 // PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
@@ -260,11 +224,7 @@ func (s *server) redact(w http.ResponseWriter, r *http.Request) {
 	}
 	me := requester(r)
 	eventID, err := s.opts.Rooms.Redact(r.Context(), me.UserID, me.DeviceID, pathRoom(r), id.EventID(pathParam(r, "eventId")), pathParam(r, "txnId"), body.Reason)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]id.EventID{"event_id": eventID})
+	s.respond(w, r, map[string]id.EventID{"event_id": eventID}, err)
 }
 
 // GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}
@@ -280,11 +240,7 @@ func (s *server) roomContext(w http.ResponseWriter, r *http.Request) {
 	}
 	me := requester(r)
 	res, err := s.opts.Rooms.Context(r.Context(), me.UserID, pathRoom(r), id.EventID(pathParam(r, "eventId")), limit, s.ignoredUsers(r, me.UserID))
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	s.respond(w, r, res, err)
 }
 
 // GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event
@@ -352,9 +308,5 @@ func (s *server) upgradeRoom(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	newRoom, err := s.opts.Rooms.Upgrade(r.Context(), requester(r).UserID, pathRoom(r), body.NewVersion, body.AdditionalCreators)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]id.RoomID{"replacement_room": newRoom})
+	s.respond(w, r, map[string]id.RoomID{"replacement_room": newRoom}, err)
 }
