@@ -30,6 +30,13 @@ import (
 type jobTx struct {
 	tx  pgx.Tx
 	job int
+	// lockJob is the job during whose savepoint the stream lock was taken
+	// (-2: not held). The lock is taken as late as possible, at the head of
+	// the first pipeline that carries writes, so that a second batch can
+	// build its events while this one waits for its commit; positions are
+	// still only taken under it (stream.go). Rolling back that job (or an
+	// earlier one) releases the lock with the subtransaction.
+	lockJob int
 	// pending are the statements not sent yet, in order.
 	pending []queued
 	// sent[j]: job j's savepoint has reached the server.
@@ -42,7 +49,14 @@ type queued struct {
 	args []any
 }
 
-func newJobTx(tx pgx.Tx) *jobTx { return &jobTx{tx: tx, job: -1, sent: map[int]bool{}} }
+func newJobTx(tx pgx.Tx) *jobTx { return &jobTx{tx: tx, job: -1, lockJob: -2, sent: map[int]bool{}} }
+
+// lostLockAt notes that jobs from n on were rolled back.
+func (j *jobTx) lostLockAt(n int) {
+	if j.lockJob >= n {
+		j.lockJob = -2
+	}
+}
 
 func savepointName(job int) string { return fmt.Sprintf("j%d", job) }
 
@@ -61,6 +75,12 @@ func (j *jobTx) Queue(sql string, args ...any) {
 func (j *jobTx) flush(ctx context.Context) error {
 	if len(j.pending) == 0 {
 		return nil
+	}
+	if j.lockJob == -2 {
+		// The stream lock goes first, inside the subtransaction of the
+		// job whose statement starts the pipeline.
+		j.pending = append([]queued{{job: j.pending[0].job, sql: "SELECT pg_advisory_xact_lock($1)", args: []any{streamLockID}}}, j.pending...)
+		j.lockJob = j.pending[0].job
 	}
 	b := &pgx.Batch{}
 	for _, q := range j.pending {
@@ -85,9 +105,11 @@ func (j *jobTx) flush(ctx context.Context) error {
 		return nil
 	}
 	if !j.sent[failed.Job] {
-		// Even the job's savepoint failed: nothing can be kept.
+		// Even the job's savepoint (or the stream lock) failed: nothing
+		// can be kept.
 		return fmt.Errorf("batch transaction failed: %w", failed.Err)
 	}
+	j.lostLockAt(failed.Job)
 	if _, err := j.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepointName(failed.Job)); err != nil {
 		return fmt.Errorf("rolling back job: %w", err)
 	}
@@ -127,6 +149,7 @@ func (j *jobTx) rollbackJob(ctx context.Context, n int) error {
 		return nil
 	}
 	delete(j.sent, n)
+	j.lostLockAt(n)
 	_, err := j.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepointName(n))
 	return err
 }

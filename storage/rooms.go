@@ -123,10 +123,6 @@ type batchTx struct {
 	// saved[n] is every open room's head when job n began.
 	saved map[int]map[id.RoomID]roomHead
 	pdus  *pduCache
-	// streamLocked: this transaction holds the stream lock (see stream.go);
-	// it is taken before the first job, at the top level, so no job's
-	// rollback can release it.
-	streamLocked bool
 }
 
 func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
@@ -230,24 +226,30 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 			want = append(want, string(rid))
 		}
 	}
-	if !b.streamLocked {
-		// From here to COMMIT this transaction holds the stream lock: the
-		// positions it takes become visible in order (stream.go).
-		b.tx.Queue("SELECT pg_advisory_xact_lock($1)", streamLockID)
-		b.streamLocked = true
-		if len(want) == 0 {
-			return b.tx.flush(b.ctx)
-		}
-	}
 	if len(want) == 0 {
 		return nil
 	}
-	rows, err := b.tx.Query(b.ctx, `SELECT r.room_id, r.room_version, h.depth, h.snapshot_id, s.chain_len,
+	// Lock first, then read the heads in a second statement of the same
+	// round trip: under READ COMMITTED a statement reads from the snapshot
+	// taken when it started, so heads read by the locking statement itself
+	// could predate the commit of the batch it waited for.
+	if err := b.tx.flush(b.ctx); err != nil {
+		return err
+	}
+	pb := &pgx.Batch{}
+	pb.Queue(`SELECT room_id FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE`, want)
+	pb.Queue(`SELECT r.room_id, r.room_version, h.depth, h.snapshot_id, s.chain_len,
 			coalesce((SELECT array_agg(event_id ORDER BY event_id) FROM forward_extremities f WHERE f.room_id = r.room_id), '{}')
 		FROM rooms r LEFT JOIN room_heads h USING (room_id) LEFT JOIN state_snapshots s ON s.snapshot_id = h.snapshot_id
-		WHERE r.room_id = ANY($1) ORDER BY r.room_id FOR UPDATE OF r`, want)
-	if err != nil {
+		WHERE r.room_id = ANY($1)`, want)
+	br := b.tx.tx.SendBatch(b.ctx, pb)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
 		return fmt.Errorf("locking rooms: %w", err)
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return fmt.Errorf("reading room heads: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
