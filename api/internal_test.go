@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -94,5 +95,34 @@ func TestInternalErrorsAreHidden(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "hunter2") {
 		t.Fatalf("cause not logged")
+	}
+}
+
+func TestRealIP(t *testing.T) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("127.0.0.1/32")}
+	cases := []struct {
+		remote, xff, want string
+		trusted           []netip.Prefix
+	}{
+		{"127.0.0.1:5000", "203.0.113.7", "203.0.113.7", trusted},
+		{"127.0.0.1:5000", "198.51.100.1, 203.0.113.7, 10.1.2.3", "203.0.113.7", trusted}, // skip our own proxies
+		{"127.0.0.1:5000", "", "127.0.0.1", trusted},
+		{"127.0.0.1:5000", "not-an-ip", "127.0.0.1", trusted},
+		{"198.51.100.9:5000", "203.0.113.7", "198.51.100.9", trusted}, // untrusted peer: header ignored
+		{"127.0.0.1:5000", "203.0.113.7", "127.0.0.1", nil},           // nothing trusted: header ignored
+		{"127.0.0.1:5000", "::ffff:203.0.113.7", "203.0.113.7", trusted},
+	}
+	for _, c := range cases {
+		var got string
+		h := realIP(c.trusted)(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { got = clientIP(r) }))
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = c.remote
+		if c.xff != "" {
+			r.Header.Set("X-Forwarded-For", c.xff)
+		}
+		h.ServeHTTP(httptest.NewRecorder(), r)
+		if got != c.want {
+			t.Errorf("remote %s xff %q: client %s, want %s", c.remote, c.xff, got, c.want)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/netip"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +33,8 @@ type Options struct {
 	WellKnownServer string
 	Support         Support
 	MaxBodyBytes    int64
+	// TrustedProxies are reverse proxies whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
 
 	// Accounts is the account domain: users, devices, tokens, profiles.
 	Accounts *account.Service
@@ -87,7 +90,7 @@ func NewRouter(opts Options) http.Handler {
 		}
 	}
 	r := chi.NewRouter()
-	r.Use(requestID, accessLog(s.log))
+	r.Use(realIP(opts.TrustedProxies), requestID, accessLog(s.log))
 	if opts.Metrics != nil {
 		r.Use(newHTTPMetrics(opts.Metrics).middleware)
 	}

@@ -53,7 +53,9 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector())
 
+	trusted, _ := cfg.HTTP.TrustedPrefixes() // validated when the config loaded
 	handler := api.NewRouter(api.Options{
+		TrustedProxies:   trusted,
 		ServerName:       cfg.ServerName,
 		BaseURL:          cfg.BaseURL(),
 		WellKnownServer:  cfg.WellKnown.Server,

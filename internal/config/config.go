@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -164,6 +165,10 @@ type HTTP struct {
 	ShutdownGrace Duration `yaml:"shutdown_grace"`
 	// ReadHeaderTimeout bounds slow-header clients.
 	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	// TrustedProxies are the reverse proxies (IPs or CIDRs) whose
+	// X-Forwarded-For is believed, so rate limits and device IPs see the
+	// client's address instead of the proxy's.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 // WellKnown configures the /.well-known/matrix documents.
@@ -325,6 +330,9 @@ func (c *Config) Validate() error {
 	if c.HTTP.ReadHeaderTimeout <= 0 {
 		bad("http.read_header_timeout", "must be positive")
 	}
+	if _, err := c.HTTP.TrustedPrefixes(); err != nil {
+		bad("http.trusted_proxies", "%v", err)
+	}
 	if c.WellKnown.Server != "" {
 		if err := validServerName(c.WellKnown.Server); err != nil {
 			bad("well_known.server", "%v", err)
@@ -453,4 +461,21 @@ func validServerName(s string) error {
 		}
 	}
 	return nil
+}
+
+// TrustedPrefixes parses TrustedProxies (a bare IP is a single-address prefix).
+func (h HTTP) TrustedPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range h.TrustedProxies {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP address or CIDR", s)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }

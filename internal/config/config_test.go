@@ -37,6 +37,7 @@ func TestSampleLoadsToDefaults(t *testing.T) {
 	def.JWT.Audiences = []string{}
 	def.RateLimits.ExemptUsers = []string{}
 	def.TURN.URIs = []string{}
+	def.HTTP.TrustedProxies = []string{}
 	if !reflect.DeepEqual(*cfg, def) {
 		t.Fatalf("sample differs from defaults:\nsample:  %+v\ndefault: %+v", *cfg, def)
 	}
