@@ -2,7 +2,6 @@ package api
 
 import (
 	"net/http"
-	"strconv"
 
 	"maunium.net/go/mautrix/id"
 
@@ -102,14 +101,11 @@ func (s *server) putDirectoryVisibility(w http.ResponseWriter, r *http.Request) 
 func (s *server) getPublicRooms(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	p := room.PublicRoomsParams{Since: q.Get("since"), Server: q.Get("server"), ThirdPartyInstanceID: q.Get("third_party_instance_id")}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 0 {
-			writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "limit must be a non-negative integer"))
-			return
-		}
-		p.Limit = n
+	limit, _, ok := s.queryInt(w, r, q, "limit", 0)
+	if !ok {
+		return
 	}
+	p.Limit = limit
 	s.writePublicRooms(w, r, p)
 }
 

@@ -2,8 +2,6 @@ package api
 
 import (
 	"net/http"
-	"net/url"
-	"strconv"
 
 	"github.com/go-chi/chi/v5"
 	"maunium.net/go/mautrix/id"
@@ -26,39 +24,6 @@ func (s *server) mountRelations(r chi.Router) {
 	auth.Get(v1+"/hierarchy", s.hierarchy)
 }
 
-// relQueryInt reads an optional integer parameter; ok is false (and the error
-// answered) when it is present and not an integer at least minValue.
-func relQueryInt(w http.ResponseWriter, r *http.Request, s *server, q url.Values, name string, minValue int) (n int, set, ok bool) {
-	v := q.Get(name)
-	if v == "" {
-		return 0, false, true
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < minValue {
-		msg := name + " must be a non-negative integer"
-		if minValue > 0 {
-			msg = name + " must be a positive integer"
-		}
-		writeError(w, r, s.log, matrixError("M_INVALID_PARAM", msg))
-		return 0, true, false
-	}
-	return n, true, true
-}
-
-// relQueryBool reads an optional true/false parameter.
-func relQueryBool(w http.ResponseWriter, r *http.Request, s *server, q url.Values, name string) (b, set, ok bool) {
-	switch q.Get(name) {
-	case "":
-		return false, false, true
-	case "true":
-		return true, true, true
-	case "false":
-		return false, true, true
-	}
-	writeError(w, r, s.log, matrixError("M_INVALID_PARAM", name+" must be true or false"))
-	return false, true, false
-}
-
 // GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]
 func (s *server) relations(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -67,11 +32,11 @@ func (s *server) relations(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "dir must be b or f"))
 		return
 	}
-	limit, _, ok := relQueryInt(w, r, s, q, "limit", 0)
+	limit, _, ok := s.queryInt(w, r, q, "limit", 0)
 	if !ok {
 		return
 	}
-	recurse, recurseSet, ok := relQueryBool(w, r, s, q, "recurse")
+	recurse, recurseSet, ok := s.queryBool(w, r, q, "recurse")
 	if !ok {
 		return
 	}
@@ -97,7 +62,7 @@ func (s *server) threads(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "include must be all or participated"))
 		return
 	}
-	limit, _, ok := relQueryInt(w, r, s, q, "limit", 1)
+	limit, _, ok := s.queryInt(w, r, q, "limit", 1)
 	if !ok {
 		return
 	}
@@ -112,15 +77,15 @@ func (s *server) threads(w http.ResponseWriter, r *http.Request) {
 // GET /_matrix/client/v1/rooms/{roomId}/hierarchy
 func (s *server) hierarchy(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	limit, _, ok := relQueryInt(w, r, s, q, "limit", 1)
+	limit, _, ok := s.queryInt(w, r, q, "limit", 1)
 	if !ok {
 		return
 	}
-	depth, depthSet, ok := relQueryInt(w, r, s, q, "max_depth", 0)
+	depth, depthSet, ok := s.queryInt(w, r, q, "max_depth", 0)
 	if !ok {
 		return
 	}
-	suggested, _, ok := relQueryBool(w, r, s, q, "suggested_only")
+	suggested, _, ok := s.queryBool(w, r, q, "suggested_only")
 	if !ok {
 		return
 	}

@@ -163,14 +163,12 @@ func (s *server) messages(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "dir must be b or f"))
 		return
 	}
-	limit := 10
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 0 {
-			writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "limit must be a non-negative integer"))
-			return
-		}
-		limit = n
+	limit, set, ok := s.queryInt(w, r, r.URL.Query(), "limit", 0)
+	if !ok {
+		return
+	}
+	if !set {
+		limit = 10
 	}
 	me := requester(r)
 	filter, err := room.ParseEventFilter(q.Get("filter"))
@@ -229,14 +227,12 @@ func (s *server) redact(w http.ResponseWriter, r *http.Request) {
 
 // GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}
 func (s *server) roomContext(w http.ResponseWriter, r *http.Request) {
-	limit := 10
-	if l := r.URL.Query().Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 0 {
-			writeError(w, r, s.log, matrixError("M_INVALID_PARAM", "limit must be a non-negative integer"))
-			return
-		}
-		limit = n
+	limit, set, ok := s.queryInt(w, r, r.URL.Query(), "limit", 0)
+	if !ok {
+		return
+	}
+	if !set {
+		limit = 10
 	}
 	me := requester(r)
 	res, err := s.opts.Rooms.Context(r.Context(), me.UserID, pathRoom(r), id.EventID(pathParam(r, "eventId")), limit, s.ignoredUsers(r, me.UserID))
