@@ -109,7 +109,5 @@ func errMissingParam(msg string) error {
 	return mautrix.RespError{ErrCode: "M_MISSING_PARAM", Err: msg}
 }
 
-// ctxDone is a tiny helper for loops that should stop with the request.
-func ctxDone(ctx context.Context) bool { return ctx.Err() != nil }
 
 func errTooLarge(msg string) error { return mautrix.MTooLarge.WithMessage(msg) }

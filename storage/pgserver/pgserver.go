@@ -374,8 +374,6 @@ func (s *Server) ensureDatabase(ctx context.Context) error {
 // URL is the connection URL of the cluster's database.
 func (s *Server) URL() string { return s.urlFor(s.opts.Database) }
 
-// URLFor is the connection URL of another database in the same cluster.
-func (s *Server) URLFor(db string) string { return s.urlFor(db) }
 
 func (s *Server) urlFor(db string) string {
 	q := url.Values{"host": {s.sockDir}, "port": {strconv.Itoa(port)}, "sslmode": {"disable"}}
