@@ -109,5 +109,4 @@ func errMissingParam(msg string) error {
 	return mautrix.RespError{ErrCode: "M_MISSING_PARAM", Err: msg}
 }
 
-
 func errTooLarge(msg string) error { return mautrix.MTooLarge.WithMessage(msg) }

@@ -374,7 +374,6 @@ func (s *Server) ensureDatabase(ctx context.Context) error {
 // URL is the connection URL of the cluster's database.
 func (s *Server) URL() string { return s.urlFor(s.opts.Database) }
 
-
 func (s *Server) urlFor(db string) string {
 	q := url.Values{"host": {s.sockDir}, "port": {strconv.Itoa(port)}, "sslmode": {"disable"}}
 	return (&url.URL{Scheme: "postgres", User: url.User(superuser), Path: "/" + db, RawQuery: q.Encode()}).String()
