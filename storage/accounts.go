@@ -404,9 +404,9 @@ func escapeLike(s string) string {
 
 func (a *Accounts) SetAccountData(ctx context.Context, userID id.UserID, roomID id.RoomID, typ string, content json.RawMessage) (int64, error) {
 	var pos int64
-	err := a.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+	err := a.db.inStreamTx(ctx, nil, []id.UserID{userID}, func(tx pgx.Tx, next func() (int64, error)) error {
 		var err error
-		if pos, err = nextStreamPos(ctx, tx); err != nil {
+		if pos, err = next(); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO account_data (user_id, room_id, type, content, stream_pos) VALUES ($1, $2, $3, $4, $5)

@@ -47,6 +47,9 @@ type queued struct {
 	job  int
 	sql  string
 	args []any
+	// pos, when set, receives the single int8 the statement returns (the
+	// stream position of an inserted event).
+	pos *int64
 }
 
 func newJobTx(tx pgx.Tx) *jobTx { return &jobTx{tx: tx, job: -1, lockJob: -2, sent: map[int]bool{}} }
@@ -71,6 +74,12 @@ func (j *jobTx) Queue(sql string, args ...any) {
 	j.pending = append(j.pending, queued{job: j.job, sql: sql, args: args})
 }
 
+// QueuePos adds a write that returns a stream position, stored into pos
+// when the pipeline runs.
+func (j *jobTx) QueuePos(pos *int64, sql string, args ...any) {
+	j.pending = append(j.pending, queued{job: j.job, sql: sql, args: args, pos: pos})
+}
+
 // flush sends the queued statements as one pipeline.
 func (j *jobTx) flush(ctx context.Context) error {
 	if len(j.pending) == 0 {
@@ -91,7 +100,12 @@ func (j *jobTx) flush(ctx context.Context) error {
 	br := j.tx.SendBatch(ctx, b)
 	var failed *room.FlushError
 	for _, q := range sent {
-		_, err := br.Exec()
+		var err error
+		if q.pos != nil {
+			err = br.QueryRow().Scan(q.pos)
+		} else {
+			_, err = br.Exec()
+		}
 		if err == nil && failed == nil {
 			j.sent[q.job] = true
 		} else if err != nil && failed == nil {

@@ -123,6 +123,14 @@ type batchTx struct {
 	// saved[n] is every open room's head when job n began.
 	saved map[int]map[id.RoomID]roomHead
 	pdus  *pduCache
+	// positions receive the stream positions of the inserted events, and
+	// members are the users whose member events were appended: after the
+	// commit they tell the stream listener what changed. Entries of jobs
+	// that were rolled back stay (a zero or unused position, a user woken
+	// for nothing): waking a listener needlessly is harmless, missing one
+	// is not.
+	positions []*int64
+	members   []id.UserID
 }
 
 func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
@@ -140,10 +148,21 @@ func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 		return err
 	}
 	// Committed: what the batch knows of each room's state is now true.
+	var maxPos int64
+	var rooms []id.RoomID
 	for rid, t := range done.rooms {
 		if t.headLoaded {
 			r.heads.put(rid, headKey(t.prev), t.state)
 		}
+		if t.dirty {
+			rooms = append(rooms, rid)
+		}
+	}
+	for _, p := range done.positions {
+		maxPos = max(maxPos, *p)
+	}
+	if maxPos > 0 {
+		r.db.streamCommitted(maxPos, rooms, done.members)
 	}
 	return nil
 }
@@ -498,8 +517,14 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 	}
 	relatesTo := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.event_id").Str
 	relType := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.rel_type").Str
-	t.tx.Queue(`INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, ''))`,
+	pos := new(int64)
+	t.batch.positions = append(t.batch.positions, pos)
+	if e.PDU.Type == "m.room.member" && e.PDU.StateKey != nil {
+		t.batch.members = append(t.batch.members, id.UserID(*e.PDU.StateKey))
+	}
+	t.tx.QueuePos(pos, `INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, ''))
+		RETURNING stream_pos`,
 		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, t.snap, string(e.Raw), relatesTo, relType)
 	if e.PDU.StateKey != nil {
 		var membership *string

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -18,6 +19,8 @@ import (
 type DB struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
+	// listener is told of stream commits (stream.go).
+	listener atomic.Pointer[StreamListener]
 }
 
 // Options tunes the pool.
