@@ -17,6 +17,7 @@ import (
 
 	"github.com/weftchat/weft/account"
 	"github.com/weftchat/weft/room"
+	"github.com/weftchat/weft/syncapi"
 )
 
 // HealthChecker reports whether the server can serve (the database answers).
@@ -39,7 +40,9 @@ type Options struct {
 	// Accounts is the account domain: users, devices, tokens, profiles.
 	Accounts *account.Service
 	// Rooms is the room domain; nil leaves the room endpoints out.
-	Rooms            *room.Service
+	Rooms *room.Service
+	// Sync serves /sync and typing; nil leaves them out.
+	Sync             *syncapi.Service
 	RegistrationMode string
 	RateLimits       RateLimits
 	TURN             TURN

@@ -77,6 +77,9 @@ func (s *server) v3Routes() []clientRoute {
 		routes = append(routes, s.roomRoutes()...)
 		routes = append(routes, s.directoryRoutes()...)
 	}
+	if s.opts.Sync != nil {
+		routes = append(routes, s.syncRoutes()...)
+	}
 	return routes
 }
 

@@ -36,8 +36,8 @@ func ParseEventFilter(raw string) (*EventFilter, error) {
 	return &f, nil
 }
 
-// typeMatches applies the spec's "*" wildcards to event types.
-func typeMatches(patterns []string, typ string) bool {
+// TypeMatches applies the spec's "*" wildcards to event types.
+func TypeMatches(patterns []string, typ string) bool {
 	for _, p := range patterns {
 		if ok, _ := path.Match(p, typ); ok || p == typ {
 			return true
@@ -52,10 +52,10 @@ func (f *EventFilter) Match(e *Event) bool {
 		return true
 	}
 	p := e.PDU
-	if f.Types != nil && !typeMatches(f.Types, p.Type) {
+	if f.Types != nil && !TypeMatches(f.Types, p.Type) {
 		return false
 	}
-	if typeMatches(f.NotTypes, p.Type) {
+	if TypeMatches(f.NotTypes, p.Type) {
 		return false
 	}
 	if f.Senders != nil && !slices.Contains(f.Senders, p.Sender) {

@@ -18,7 +18,7 @@ type ClientEvent struct {
 	Content        json.RawMessage `json:"content"`
 	EventID        id.EventID      `json:"event_id"`
 	OriginServerTS int64           `json:"origin_server_ts"`
-	RoomID         id.RoomID       `json:"room_id"`
+	RoomID         id.RoomID       `json:"room_id,omitempty"` // omitted inside /sync rooms
 	Sender         id.UserID       `json:"sender"`
 	StateKey       *string         `json:"state_key,omitempty"`
 	Type           string          `json:"type"`
@@ -61,12 +61,26 @@ type Token int64
 
 func (t Token) String() string { return "t" + strconv.FormatInt(int64(t), 10) }
 
-// ParseToken reads a /messages token. Sync tokens (issue: /sync) are
-// accepted too once they exist; here only the room token form is known.
+// ParseToken reads a /messages token: a room token ("t<pos>") or a /sync
+// next_batch ("s<pos>_<typing>", whose stream position is the same kind
+// of position).
 func ParseToken(s string) (Token, error) {
-	n, err := strconv.ParseInt(strings.TrimPrefix(s, "t"), 10, 64)
-	if err != nil || !strings.HasPrefix(s, "t") || n < 0 {
-		return 0, mautrix.MInvalidParam.WithMessage("Invalid pagination token")
+	bad := mautrix.MInvalidParam.WithMessage("Invalid pagination token")
+	var digits string
+	switch {
+	case strings.HasPrefix(s, "t"):
+		digits = s[1:]
+	case strings.HasPrefix(s, "s"):
+		var ok bool
+		if digits, _, ok = strings.Cut(s[1:], "_"); !ok {
+			return 0, bad
+		}
+	default:
+		return 0, bad
+	}
+	n, err := strconv.ParseInt(digits, 10, 64)
+	if err != nil || n < 0 {
+		return 0, bad
 	}
 	return Token(n), nil
 }
@@ -349,6 +363,30 @@ func (s *Service) visibilityFor(ctx context.Context, user id.UserID, roomID id.R
 		}
 	}
 	return v, membership, nil
+}
+
+// VisibleTo keeps the events (all of roomID) that user may see under the
+// room's history visibility, in order. A user who may not read the room
+// at all gets none.
+func (s *Service) VisibleTo(ctx context.Context, user id.UserID, roomID id.RoomID, events []*Event) ([]*Event, error) {
+	v, _, err := s.visibilityFor(ctx, user, roomID)
+	var me mautrix.RespError
+	if errors.As(err, &me) && me.ErrCode == mautrix.MForbidden.ErrCode {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	out := events[:0:0]
+	for _, e := range events {
+		ok, err := v.allowed(e)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
 
 func (s *Service) currentHistoryVisibility(ctx context.Context, roomID id.RoomID) (string, error) {

@@ -131,13 +131,14 @@ type batchTx struct {
 	// is not.
 	positions []*int64
 	members   []id.UserID
+	appended  map[id.RoomID]bool
 }
 
 func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 	var done *batchTx
 	err := r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		b := &batchTx{ctx: ctx, tx: newJobTx(tx), rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus, heads: r.heads,
-			ids: r.snapIDs, saved: map[int]map[id.RoomID]roomHead{}}
+			ids: r.snapIDs, saved: map[int]map[id.RoomID]roomHead{}, appended: map[id.RoomID]bool{}}
 		if err := fn(b); err != nil {
 			return err
 		}
@@ -154,9 +155,9 @@ func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 		if t.headLoaded {
 			r.heads.put(rid, headKey(t.prev), t.state)
 		}
-		if t.dirty {
-			rooms = append(rooms, rid)
-		}
+	}
+	for rid := range done.appended {
+		rooms = append(rooms, rid)
 	}
 	for _, p := range done.positions {
 		maxPos = max(maxPos, *p)
@@ -519,6 +520,7 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 	relType := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.rel_type").Str
 	pos := new(int64)
 	t.batch.positions = append(t.batch.positions, pos)
+	t.batch.appended[t.roomID] = true
 	if e.PDU.Type == "m.room.member" && e.PDU.StateKey != nil {
 		t.batch.members = append(t.batch.members, id.UserID(*e.PDU.StateKey))
 	}

@@ -49,6 +49,10 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	syncs, err := newSync(ctx, db, accounts, rooms, log)
+	if err != nil {
+		return err
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector())
@@ -63,6 +67,7 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 		MaxBodyBytes:     cfg.HTTP.MaxBodyBytes,
 		Accounts:         accounts,
 		Rooms:            rooms,
+		Sync:             syncs,
 		RegistrationMode: cfg.Registration.Mode,
 		RateLimits:       rateLimits(cfg.RateLimits),
 		TURN: api.TURN{
@@ -97,6 +102,7 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: draining requests", "grace", time.Duration(cfg.HTTP.ShutdownGrace))
+	syncs.Stop() // long-polls answer now instead of holding the drain
 	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.HTTP.ShutdownGrace))
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {

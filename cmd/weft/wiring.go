@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/weftchat/weft/room"
 	"github.com/weftchat/weft/storage"
 	"github.com/weftchat/weft/storage/pgserver"
+	"github.com/weftchat/weft/syncapi"
 )
 
 // reservedLocalparts are never handed out by registration: names users would
@@ -38,6 +40,25 @@ func newServices(cfg *config.Config, db *storage.DB, log *slog.Logger) (*account
 	rooms := room.New(room.Config{Signer: signer}, db.Rooms(), profileSource{accounts}, log)
 	accounts.SetHooks(account.Hooks{ProfileChanged: rooms.UpdateProfile, Deactivated: rooms.LeaveAll})
 	return accounts, rooms, nil
+}
+
+// newSync builds /sync and connects its notifier to storage's commits.
+func newSync(ctx context.Context, db *storage.DB, accounts *account.Service, rooms *room.Service, log *slog.Logger) (*syncapi.Service, error) {
+	// Listen first, then read the highest position: a commit in between
+	// is reported to the notifier either way.
+	n := syncapi.NewNotifier(0, time.Now())
+	db.SetStreamListener(n.Committed)
+	pos, err := db.MaxStreamPos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the stream position: %w", err)
+	}
+	n.Committed(pos, nil, nil)
+	return syncapi.New(syncapi.Config{
+		LoadFilter: func(ctx context.Context, user id.UserID, filterID string) (json.RawMessage, error) {
+			return accounts.Filter(ctx, &account.Requester{UserID: user}, user, filterID)
+		},
+		ValidateFilter: account.ValidateFilter,
+	}, db.Sync(), rooms, n, log), nil
 }
 
 // newAccounts builds the account domain over storage.

@@ -1,0 +1,642 @@
+// Package syncapi is GET /sync: the notifier that wakes waiting requests,
+// sync tokens, sync filters, and the readers that turn stream positions
+// into a response. It reads storage through the Store it declares and
+// formats events with the room domain.
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tidwall/gjson"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/weftchat/weft/room"
+)
+
+// Config is what the sync service needs from the wiring.
+type Config struct {
+	// LoadFilter returns the user's stored filter with that ID.
+	LoadFilter func(ctx context.Context, user id.UserID, filterID string) (json.RawMessage, error)
+	// ValidateFilter checks and compacts an inline filter.
+	ValidateFilter func(raw []byte) (json.RawMessage, error)
+	// Presence, when set, is told of every /sync's set_presence.
+	Presence func(ctx context.Context, user id.UserID, state string) error
+}
+
+// Service answers /sync.
+type Service struct {
+	cfg    Config
+	store  Store
+	rooms  *room.Service
+	n      *Notifier
+	typing *typing
+	log    *slog.Logger
+	now    func() time.Time
+	// stopping is closed at shutdown: long-polls answer at once so the
+	// HTTP server can drain.
+	stopping chan struct{}
+}
+
+// New builds the sync service around a notifier fed by storage.
+func New(cfg Config, store Store, rooms *room.Service, n *Notifier, log *slog.Logger) *Service {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{cfg: cfg, store: store, rooms: rooms, n: n, typing: newTyping(n), log: log, now: time.Now, stopping: make(chan struct{})}
+}
+
+// Stop answers every waiting and future long-poll at once (shutdown).
+func (s *Service) Stop() {
+	select {
+	case <-s.stopping:
+	default:
+		close(s.stopping)
+	}
+}
+
+// Notifier is the service's notifier.
+func (s *Service) Notifier() *Notifier { return s.n }
+
+// Request is one GET /sync.
+type Request struct {
+	User        id.UserID
+	Device      id.DeviceID
+	Since       string
+	Timeout     time.Duration
+	FullState   bool
+	SetPresence string
+	Filter      string
+}
+
+// maxTimeout caps a long-poll.
+const maxTimeout = 5 * time.Minute
+
+// Sync answers one request: at once if there is something newer than the
+// token (or no token), else when something for this user arrives or the
+// timeout passes.
+func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
+	f, err := s.filter(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	var since *Token
+	if req.Since != "" {
+		t, err := ParseToken(req.Since)
+		if err != nil {
+			return nil, err
+		}
+		if cur := s.n.Current(); t.Pos > cur.Pos {
+			return nil, mautrix.MInvalidParam.WithMessage("Sync token is from the future: it was not issued by this server")
+		}
+		if cur := s.n.Current(); t.Typing > cur.Typing {
+			t.Typing = 0 // from before a restart: send the typing state again
+		}
+		since = &t
+	}
+	switch req.SetPresence {
+	case "", "online", "offline", "unavailable":
+	default:
+		return nil, mautrix.MInvalidParam.WithMessage("set_presence must be online, offline or unavailable")
+	}
+	if s.cfg.Presence != nil {
+		state := req.SetPresence
+		if state == "" {
+			state = "online"
+		}
+		if err := s.cfg.Presence(ctx, req.User, state); err != nil {
+			return nil, fmt.Errorf("updating presence: %w", err)
+		}
+	}
+	if since == nil || req.FullState {
+		return s.read(ctx, req, f, since, s.n.Current())
+	}
+	timeout := min(req.Timeout, maxTimeout)
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	seen := *since
+	for {
+		joined, err := s.rooms.JoinedRooms(ctx, req.User)
+		if err != nil {
+			return nil, fmt.Errorf("listing joined rooms: %w", err)
+		}
+		// Register before sampling: a change after this point wakes us.
+		l := s.n.Listen(req.User, joined, seen)
+		expired := false
+		select {
+		case <-l.C:
+		case <-timer.C:
+			expired = true
+		case <-s.stopping:
+			expired = true
+		case <-ctx.Done():
+			s.n.Close(l)
+			return nil, ctx.Err()
+		}
+		s.n.Close(l)
+		to := s.n.Current()
+		if expired && to == seen {
+			return &Response{NextBatch: to.String()}, nil
+		}
+		resp, err := s.read(ctx, req, f, since, to)
+		if err != nil || !resp.empty() || expired {
+			return resp, err
+		}
+		// Woken for changes this request filters out: keep waiting,
+		// reading from the same token, listening past what was seen.
+		seen = to
+	}
+}
+
+// filter loads the request's filter: inline JSON or a stored filter ID.
+func (s *Service) filter(ctx context.Context, req Request) (*filter, error) {
+	if req.Filter == "" {
+		return newFilter(nil)
+	}
+	var raw json.RawMessage
+	var err error
+	if strings.HasPrefix(strings.TrimSpace(req.Filter), "{") {
+		if raw, err = s.cfg.ValidateFilter([]byte(req.Filter)); err != nil {
+			return nil, err
+		}
+	} else if raw, err = s.cfg.LoadFilter(ctx, req.User, req.Filter); err != nil {
+		var re mautrix.RespError
+		if errors.As(err, &re) && re.ErrCode == mautrix.MNotFound.ErrCode {
+			return nil, mautrix.MInvalidParam.WithMessage("Unknown filter ID")
+		}
+		return nil, err
+	}
+	var mf mautrix.Filter
+	if err := json.Unmarshal(raw, &mf); err != nil {
+		return nil, mautrix.MBadJSON.WithMessage("filter: " + err.Error())
+	}
+	return newFilter(&mf)
+}
+
+// read builds the response for (since, to] from one snapshot.
+func (s *Service) read(ctx context.Context, req Request, f *filter, since *Token, to Token) (*Response, error) {
+	resp := &Response{NextBatch: to.String()}
+	err := s.store.Snapshot(ctx, func(rd Reader) error {
+		b := &builder{s: s, ctx: ctx, rd: rd, req: req, f: f, since: since, to: to, resp: resp}
+		return b.build()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// builder assembles one response.
+type builder struct {
+	s     *Service
+	ctx   context.Context
+	rd    Reader
+	req   Request
+	f     *filter
+	since *Token
+	to    Token
+	resp  *Response
+	// accountData is the user's account data changed in the window.
+	accountData []AccountData
+}
+
+func (b *builder) sincePos() int64 {
+	if b.since == nil {
+		return 0
+	}
+	return b.since.Pos
+}
+
+func (b *builder) build() error {
+	user := b.req.User
+	now, err := b.rd.MemberEvents(user, b.to.Pos)
+	if err != nil {
+		return fmt.Errorf("reading memberships: %w", err)
+	}
+	// Membership at the token, for rooms whose membership changed since.
+	before := map[id.RoomID]string{}
+	if b.since != nil && slices.ContainsFunc(now, func(e *room.Event) bool { return e.StreamPos > b.since.Pos }) {
+		old, err := b.rd.MemberEvents(user, b.since.Pos)
+		if err != nil {
+			return fmt.Errorf("reading memberships: %w", err)
+		}
+		for _, e := range old {
+			before[e.RoomID] = membershipOf(e)
+		}
+	}
+	if b.accountData, err = b.rd.AccountData(user, b.sincePos(), b.to.Pos); err != nil {
+		return err
+	}
+	rooms := &Rooms{}
+	for _, m := range now {
+		if !b.f.roomAllowed(m.RoomID) {
+			continue
+		}
+		changed := b.since == nil || m.StreamPos > b.since.Pos
+		switch membershipOf(m) {
+		case "join":
+			// A room joined within the window is new to this device: it
+			// gets the room as an initial sync would.
+			roomSince := b.sincePos()
+			if changed && before[m.RoomID] != "join" {
+				roomSince = 0
+			}
+			jr, err := b.joinedRoom(m, roomSince)
+			if err != nil {
+				return fmt.Errorf("room %s: %w", m.RoomID, err)
+			}
+			if jr != nil {
+				rooms.join(m.RoomID, jr)
+			}
+		case "invite":
+			if changed {
+				state, err := b.strippedState(m)
+				if err != nil {
+					return err
+				}
+				rooms.invite(m.RoomID, &InvitedRoom{InviteState: EventList{Events: state}})
+			}
+		case "knock":
+			if changed {
+				state, err := b.strippedState(m)
+				if err != nil {
+					return err
+				}
+				rooms.knock(m.RoomID, &KnockedRoom{KnockState: EventList{Events: state}})
+			}
+		case "leave", "ban":
+			// An initial sync shows left rooms only when the filter asks;
+			// an incremental one shows rooms left within the window,
+			// unless the user was already out at the token.
+			if !changed || b.since == nil && !b.f.includeLeave() {
+				continue
+			}
+			if b.since != nil && (before[m.RoomID] == "" || before[m.RoomID] == "leave" || before[m.RoomID] == "ban") && !b.f.includeLeave() {
+				continue
+			}
+			lr, err := b.leftRoom(m)
+			if err != nil {
+				return fmt.Errorf("room %s: %w", m.RoomID, err)
+			}
+			rooms.leave(m.RoomID, lr)
+		}
+	}
+	if !rooms.empty() {
+		b.resp.Rooms = rooms
+	}
+	var global []json.RawMessage
+	for _, a := range b.accountData {
+		if a.RoomID == "" && b.f.accountDataAllowed(a.Type) {
+			global = append(global, accountDataEvent(a))
+		}
+	}
+	if len(global) > 0 {
+		b.resp.AccountData = &EventList{Events: global}
+	}
+	return b.presence()
+}
+
+func membershipOf(e *room.Event) string {
+	return gjson.GetBytes(e.PDU.Content, "membership").Str
+}
+
+func accountDataEvent(a AccountData) json.RawMessage {
+	ev, _ := json.Marshal(struct {
+		Type    string          `json:"type"`
+		Content json.RawMessage `json:"content"`
+	}{a.Type, a.Content})
+	return ev
+}
+
+// maxTimelinePages bounds how far back a filtered timeline looks for
+// matching events (pages of the filter's limit, at least 50 events).
+const maxTimelinePages = 10
+
+// timeline reads the newest events of the room in (from, to] that pass
+// the timeline filter and history visibility, oldest first, and whether
+// older matching ones were left out.
+func (b *builder) timeline(roomID id.RoomID, from, to int64, visibleFrom int64) ([]*room.Event, bool, error) {
+	limit := b.f.timelineLimit()
+	page := max(limit+1, 50)
+	var out []*room.Event
+	upper := to
+	for range maxTimelinePages {
+		evs, err := b.rd.Timeline(roomID, from, upper, page)
+		if err != nil {
+			return nil, false, fmt.Errorf("reading timeline: %w", err)
+		}
+		if len(evs) == 0 {
+			break
+		}
+		// Events at or after the user's own join are visible to them;
+		// older ones follow the room's history visibility.
+		var check []*room.Event
+		for _, e := range evs {
+			if e.StreamPos < visibleFrom {
+				check = append(check, e)
+			}
+		}
+		hidden := map[id.EventID]bool{}
+		if len(check) > 0 {
+			ok, err := b.s.rooms.VisibleTo(b.ctx, b.req.User, roomID, check)
+			if err != nil {
+				return nil, false, err
+			}
+			for _, e := range check {
+				hidden[e.ID] = true
+			}
+			for _, e := range ok {
+				delete(hidden, e.ID)
+			}
+		}
+		for _, e := range evs {
+			if hidden[e.ID] || !b.f.timelineMatch(e) {
+				continue
+			}
+			if len(out) == limit {
+				slices.Reverse(out)
+				return out, true, nil
+			}
+			out = append(out, e)
+		}
+		if len(evs) < page {
+			break
+		}
+		upper = evs[len(evs)-1].StreamPos - 1
+	}
+	slices.Reverse(out)
+	return out, false, nil
+}
+
+// joinedRoom builds one room of rooms.join; nil when an incremental sync
+// has nothing for it. roomSince is 0 for a room new to the device.
+func (b *builder) joinedRoom(member *room.Event, roomSince int64) (*JoinedRoom, error) {
+	roomID := member.RoomID
+	full := roomSince == 0 || b.req.FullState
+	tl, limited, err := b.timeline(roomID, roomSince, b.to.Pos, member.StreamPos)
+	if err != nil {
+		return nil, err
+	}
+	// The state is the state before the timeline's first event.
+	stateAt := b.to.Pos
+	if len(tl) > 0 {
+		stateAt = tl[0].StreamPos - 1
+	}
+	members := b.lazyMembers(tl)
+	var state []*room.Event
+	switch {
+	case full:
+		state, err = b.rd.StateAt(roomID, stateAt, members)
+	case limited:
+		// A gap: the client missed events, so it gets the state that
+		// changed between its token and the timeline.
+		state, err = b.rd.StateDelta(roomID, roomSince, stateAt, members)
+	}
+	if err == nil && !full && members != nil && len(tl) > 0 {
+		// Lazy loading: the senders' member events as of the timeline's
+		// start. Without tracking what each device already has they may
+		// repeat (as with include_redundant_members); clients accept that.
+		var ms []*room.Event
+		ms, err = b.rd.StateAt(roomID, stateAt, members)
+		for _, e := range ms {
+			if e.PDU.Type == "m.room.member" && !slices.ContainsFunc(state, func(x *room.Event) bool { return x.ID == e.ID }) {
+				state = append(state, e)
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading state: %w", err)
+	}
+	jr := &JoinedRoom{
+		State:               EventList{Events: b.formatAll(b.f.stateFilter(state))},
+		Timeline:            Timeline{Events: b.formatAll(tl), Limited: limited, PrevBatch: room.Token(stateAt).String()},
+		UnreadNotifications: &Unread{},
+	}
+	if b.f.unreadThreads() {
+		jr.UnreadThreadNotifications = map[id.EventID]Unread{}
+	}
+	if full || hasMember(tl) || hasMember(state) {
+		sum, err := b.rd.Summary(roomID, b.to.Pos, b.req.User)
+		if err != nil {
+			return nil, fmt.Errorf("room summary: %w", err)
+		}
+		jr.Summary = &RoomSummary{Heroes: sum.Heroes, Joined: &sum.Joined, Invited: &sum.Invited}
+	}
+	if jr.Ephemeral.Events, err = b.ephemeral(roomID, roomSince); err != nil {
+		return nil, err
+	}
+	for _, a := range b.accountData {
+		if a.RoomID == roomID && b.f.roomAccountDataAllowed(a.Type) {
+			jr.AccountData.Events = append(jr.AccountData.Events, accountDataEvent(a))
+		}
+	}
+	if roomSince != 0 && !b.req.FullState && len(tl) == 0 && len(jr.State.Events) == 0 &&
+		len(jr.Ephemeral.Events) == 0 && len(jr.AccountData.Events) == 0 {
+		return nil, nil
+	}
+	return jr, nil
+}
+
+func hasMember(evs []*room.Event) bool {
+	return slices.ContainsFunc(evs, func(e *room.Event) bool { return e.PDU.Type == "m.room.member" })
+}
+
+// lazyMembers is, with lazy loading on, the users whose member events the
+// state must carry: the timeline's senders and the syncing user.
+func (b *builder) lazyMembers(tl []*room.Event) *[]id.UserID {
+	if !b.f.lazyLoad() {
+		return nil
+	}
+	users := []id.UserID{b.req.User}
+	for _, e := range tl {
+		if !slices.Contains(users, e.PDU.Sender) {
+			users = append(users, e.PDU.Sender)
+		}
+	}
+	return &users
+}
+
+// leftRoom builds one room of rooms.leave: the timeline up to the event
+// that took the user out.
+func (b *builder) leftRoom(member *room.Event) (*LeftRoom, error) {
+	roomID := member.RoomID
+	tl, limited, err := b.timeline(roomID, b.sincePos(), member.StreamPos, 0)
+	if err != nil {
+		return nil, err
+	}
+	stateAt := member.StreamPos
+	if len(tl) > 0 {
+		stateAt = tl[0].StreamPos - 1
+	}
+	var state []*room.Event
+	if b.since == nil || limited || b.req.FullState {
+		if b.since == nil || b.req.FullState {
+			state, err = b.rd.StateAt(roomID, stateAt, b.lazyMembers(tl))
+		} else {
+			state, err = b.rd.StateDelta(roomID, b.since.Pos, stateAt, b.lazyMembers(tl))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading state: %w", err)
+		}
+	}
+	lr := &LeftRoom{
+		State:    EventList{Events: b.formatAll(b.f.stateFilter(state))},
+		Timeline: Timeline{Events: b.formatAll(tl), Limited: limited, PrevBatch: room.Token(stateAt).String()},
+	}
+	for _, a := range b.accountData {
+		if a.RoomID == roomID && b.f.roomAccountDataAllowed(a.Type) {
+			lr.AccountData.Events = append(lr.AccountData.Events, accountDataEvent(a))
+		}
+	}
+	return lr, nil
+}
+
+// strippedStateTypes are the state events an invited or knocking user
+// sees of a room (the spec's recommended set).
+var strippedStateTypes = []string{"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
+	"m.room.canonical_alias", "m.room.encryption", "m.room.topic"}
+
+// strippedState is the invite_state or knock_state: the room's stripped
+// state at the member event, and the member event itself.
+func (b *builder) strippedState(member *room.Event) ([]json.RawMessage, error) {
+	state, err := b.rd.StateAt(member.RoomID, member.StreamPos, &[]id.UserID{b.req.User})
+	if err != nil {
+		return nil, fmt.Errorf("reading stripped state: %w", err)
+	}
+	var out []json.RawMessage
+	for _, e := range state {
+		p := e.PDU
+		if p.StateKey == nil || !slices.Contains(strippedStateTypes, p.Type) && e.ID != member.ID {
+			continue
+		}
+		if p.Type == "m.room.member" && e.ID != member.ID {
+			continue
+		}
+		ev, err := json.Marshal(struct {
+			Content  json.RawMessage `json:"content"`
+			Sender   id.UserID       `json:"sender"`
+			StateKey string          `json:"state_key"`
+			Type     string          `json:"type"`
+		}{json.RawMessage(p.Content), p.Sender, *p.StateKey, p.Type})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ev)
+	}
+	return out, nil
+}
+
+// ephemeral is a joined room's typing and receipts that changed since the
+// token (all current ones for a room new to the device).
+func (b *builder) ephemeral(roomID id.RoomID, roomSince int64) ([]json.RawMessage, error) {
+	var out []json.RawMessage
+	if b.f.ephemeralAllowed("m.typing") {
+		newTyping := roomSince == 0 || b.since == nil || b.s.n.typingSince(roomID, b.since.Typing)
+		if users := b.s.typing.users(roomID); newTyping && (len(users) > 0 || roomSince != 0) {
+			ev, _ := json.Marshal(map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": users}})
+			out = append(out, ev)
+		}
+	}
+	if b.f.ephemeralAllowed("m.receipt") {
+		receipts, err := b.rd.Receipts([]id.RoomID{roomID}, roomSince, b.to.Pos)
+		if err != nil {
+			return nil, err
+		}
+		// content: event ID -> receipt type -> user -> {ts, thread_id}
+		content := map[id.EventID]map[string]map[id.UserID]map[string]any{}
+		for _, r := range receipts {
+			if r.Type == "m.read.private" && r.UserID != b.req.User {
+				continue // private receipts are only their owner's
+			}
+			byType := content[r.EventID]
+			if byType == nil {
+				byType = map[string]map[id.UserID]map[string]any{}
+				content[r.EventID] = byType
+			}
+			if byType[r.Type] == nil {
+				byType[r.Type] = map[id.UserID]map[string]any{}
+			}
+			data := map[string]any{"ts": r.TS}
+			if r.ThreadID != "" {
+				data["thread_id"] = r.ThreadID
+			}
+			byType[r.Type][r.UserID] = data
+		}
+		if len(content) > 0 {
+			ev, _ := json.Marshal(map[string]any{"type": "m.receipt", "content": content})
+			out = append(out, ev)
+		}
+	}
+	return out, nil
+}
+
+// presence fills the top-level presence section.
+func (b *builder) presence() error {
+	if !b.f.presenceWanted() {
+		return nil
+	}
+	ps, err := b.rd.Presence(b.req.User, b.sincePos(), b.to.Pos)
+	if err != nil {
+		return err
+	}
+	now := b.s.now().UnixMilli()
+	var evs []json.RawMessage
+	for _, p := range ps {
+		if !b.f.presenceAllowed(p.UserID) {
+			continue
+		}
+		evs = append(evs, PresenceEvent(p, now))
+	}
+	if len(evs) > 0 {
+		b.resp.Presence = &EventList{Events: evs}
+	}
+	return nil
+}
+
+// PresenceEvent formats a stored presence as an m.presence event.
+func PresenceEvent(p Presence, now int64) json.RawMessage {
+	content := map[string]any{
+		"presence":         p.State,
+		"last_active_ago":  max(now-p.LastActiveTS, 0),
+		"currently_active": p.State == "online" && now-p.LastActiveTS < currentlyActiveWindow.Milliseconds(),
+	}
+	if p.StatusMsg != nil {
+		content["status_msg"] = *p.StatusMsg
+	}
+	ev, _ := json.Marshal(map[string]any{"type": "m.presence", "sender": p.UserID, "content": content})
+	return ev
+}
+
+// currentlyActiveWindow is how recent the last activity must be for
+// currently_active.
+const currentlyActiveWindow = 5 * time.Minute
+
+// formatAll formats events for the client (or as PDUs, with event_format
+// federation), keeping only the filter's event_fields.
+func (b *builder) formatAll(evs []*room.Event) []json.RawMessage {
+	out := make([]json.RawMessage, 0, len(evs))
+	for _, e := range evs {
+		var raw []byte
+		var err error
+		if b.f.federationFormat() {
+			raw, err = json.Marshal(e.PDU)
+		} else {
+			ce := b.s.rooms.ToClient(e)
+			ce.RoomID = ""
+			raw, err = json.Marshal(ce)
+		}
+		if err != nil {
+			b.s.log.Error("formatting event", "event_id", e.ID, "err", err)
+			continue
+		}
+		out = append(out, b.f.onlyFields(raw))
+	}
+	return out
+}
