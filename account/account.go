@@ -48,6 +48,8 @@ type Service struct {
 	// dummyHash is compared against when a login names no known user, so a
 	// failed login takes as long whether or not the user exists.
 	dummyHash string
+	// presence tracks in-flight /syncs and the presence timeouts (presence.go).
+	presence presenceTracker
 }
 
 // New builds the service. now may be nil (time.Now).

@@ -10,11 +10,16 @@ import (
 	"github.com/weftchat/weft/syncapi"
 )
 
-// syncRoutes are /sync and the ephemeral endpoints it delivers.
+// syncRoutes are /sync and the endpoints of what it delivers besides room
+// events: typing, receipts, read markers, presence.
 func (s *server) syncRoutes() []clientRoute {
 	return []clientRoute{
 		{method: "GET", path: "/sync", handler: s.sync, auth: true, r0: true},
 		{method: "PUT", path: "/rooms/{roomId}/typing/{userId}", handler: s.typing, auth: true, r0: true},
+		{method: "POST", path: "/rooms/{roomId}/receipt/{receiptType}/{eventId}", handler: s.sendReceipt, auth: true, r0: true},
+		{method: "POST", path: "/rooms/{roomId}/read_markers", handler: s.setReadMarkers, auth: true, r0: true},
+		{method: "GET", path: "/presence/{userId}/status", handler: s.getPresence, auth: true, r0: true},
+		{method: "PUT", path: "/presence/{userId}/status", handler: s.putPresence, auth: true, r0: true},
 	}
 }
 

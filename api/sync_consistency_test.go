@@ -66,7 +66,9 @@ func syncStack(t *testing.T) *httptest.Server {
 
 type noProfiles struct{}
 
-func (noProfiles) MemberProfile(context.Context, id.UserID) (string, string, error) { return "", "", nil }
+func (noProfiles) MemberProfile(context.Context, id.UserID) (string, string, error) {
+	return "", "", nil
+}
 
 func newClient(t *testing.T, srv *httptest.Server, user string, register bool) *mautrix.Client {
 	t.Helper()

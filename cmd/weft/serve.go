@@ -53,9 +53,18 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The presence timer moves users who stopped syncing to unavailable
+	// and offline; it is stopped (deferred after closeDB, so run before
+	// it) before the pool closes.
+	presenceCtx, stopPresence := context.WithCancel(ctx)
+	presenceDone := make(chan struct{})
+	go func() { defer close(presenceDone); accounts.RunPresence(presenceCtx) }()
+	defer func() { stopPresence(); <-presenceDone }()
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector())
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector(),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_sync_long_polls", Help: "/sync requests waiting for something to happen."},
+			func() float64 { return float64(syncs.Notifier().Waiting()) }))
 
 	trusted, _ := cfg.HTTP.TrustedPrefixes() // validated when the config loaded
 	handler := api.NewRouter(api.Options{

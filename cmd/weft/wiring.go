@@ -39,6 +39,10 @@ func newServices(cfg *config.Config, db *storage.DB, log *slog.Logger) (*account
 	}
 	rooms := room.New(room.Config{Signer: signer}, db.Rooms(), profileSource{accounts}, log)
 	accounts.SetHooks(account.Hooks{ProfileChanged: rooms.UpdateProfile, Deactivated: rooms.LeaveAll})
+	accounts.SetPresenceTimes(account.PresenceTimes{
+		IdleAfter:    time.Duration(cfg.Presence.IdleAfter),
+		OfflineAfter: time.Duration(cfg.Presence.OfflineAfter),
+	})
 	return accounts, rooms, nil
 }
 
@@ -58,6 +62,7 @@ func newSync(ctx context.Context, db *storage.DB, accounts *account.Service, roo
 			return accounts.Filter(ctx, &account.Requester{UserID: user}, user, filterID)
 		},
 		ValidateFilter: account.ValidateFilter,
+		Presence:       accounts.SyncPresence,
 	}, db.Sync(), rooms, n, log), nil
 }
 

@@ -49,6 +49,19 @@ type Config struct {
 	RateLimits    RateLimits    `yaml:"rate_limits"`
 	UserDirectory UserDirectory `yaml:"user_directory"`
 	TURN          TURN          `yaml:"turn"`
+	Presence      Presence      `yaml:"presence"`
+}
+
+// Presence controls when users who stop using their clients are shown as
+// away (unavailable) or offline.
+type Presence struct {
+	// IdleAfter: an online user with no activity (no /sync with
+	// set_presence=online, no presence update) for this long becomes
+	// unavailable.
+	IdleAfter Duration `yaml:"idle_after"`
+	// OfflineAfter: a user none of whose clients has been syncing for this
+	// long becomes offline.
+	OfflineAfter Duration `yaml:"offline_after"`
 }
 
 // Registration controls who may create accounts.
@@ -243,7 +256,8 @@ func Default() Config {
 			Writes:       Bucket{PerSecond: 10, Burst: 50},
 			ExemptAdmins: true,
 		},
-		TURN: TURN{Lifetime: Duration(24 * time.Hour)},
+		TURN:     TURN{Lifetime: Duration(24 * time.Hour)},
+		Presence: Presence{IdleAfter: Duration(5 * time.Minute), OfflineAfter: Duration(2 * time.Minute)},
 	}
 }
 
@@ -412,6 +426,12 @@ func (c *Config) Validate() error {
 	}
 	if c.TURN.Lifetime <= 0 {
 		bad("turn.lifetime", "must be positive")
+	}
+	if c.Presence.IdleAfter < Duration(time.Second) {
+		bad("presence.idle_after", "must be at least 1s")
+	}
+	if c.Presence.OfflineAfter < Duration(time.Second) {
+		bad("presence.offline_after", "must be at least 1s")
 	}
 	return errors.Join(errs...)
 }
