@@ -154,14 +154,16 @@ func (f *filter) stateFilter(evs []*room.Event) []*room.Event {
 	return out
 }
 
-func (f *filter) ephemeralAllowed(typ string) bool {
-	return matchPart(f.f.Room.Ephemeral, typ, "", "")
+// ephemeralAllowed and roomAccountDataAllowed take the room: the parts are
+// RoomEventFilters, whose rooms/not_rooms apply as well as the types.
+func (f *filter) ephemeralAllowed(typ string, roomID id.RoomID) bool {
+	return matchPart(f.f.Room.Ephemeral, typ, "", roomID)
 }
 
 func (f *filter) accountDataAllowed(typ string) bool { return matchPart(f.f.AccountData, typ, "", "") }
 
-func (f *filter) roomAccountDataAllowed(typ string) bool {
-	return matchPart(f.f.Room.AccountData, typ, "", "")
+func (f *filter) roomAccountDataAllowed(typ string, roomID id.RoomID) bool {
+	return matchPart(f.f.Room.AccountData, typ, "", roomID)
 }
 
 // presenceWanted is false when the presence filter excludes everything.

@@ -272,13 +272,15 @@ func (b *builder) build() error {
 				rooms.knock(m.RoomID, &KnockedRoom{KnockState: EventList{Events: state}})
 			}
 		case "leave", "ban":
-			// An initial sync shows left rooms only when the filter asks;
-			// an incremental one shows rooms left within the window,
-			// unless the user was already out at the token.
-			if !changed || b.since == nil && !b.f.includeLeave() {
-				continue
-			}
-			if b.since != nil && (before[m.RoomID] == "" || before[m.RoomID] == "leave" || before[m.RoomID] == "ban") && !b.f.includeLeave() {
+			// An initial or full_state sync shows left rooms only when the
+			// filter asks (include_leave). An incremental one shows every
+			// room whose leave or ban is within the window, whatever the
+			// membership at the token: a membership that began and ended
+			// inside the window (joined then left, a refused knock, a
+			// withdrawn invite) was seen by the client that made the
+			// request, and this is how it learns the outcome.
+			show := b.since != nil && changed || (b.since == nil || b.req.FullState) && b.f.includeLeave()
+			if !show {
 				continue
 			}
 			lr, err := b.leftRoom(m)
@@ -321,7 +323,9 @@ const maxTimelinePages = 10
 
 // timeline reads the newest events of the room in (from, to] that pass
 // the timeline filter and history visibility, oldest first, and whether
-// older matching ones were left out.
+// older matching ones were left out (or may have been: when the pages run
+// out before reaching from, the timeline is limited, so that the client
+// pages back with prev_batch instead of silently missing events).
 func (b *builder) timeline(roomID id.RoomID, from, to int64, visibleFrom int64) ([]*room.Event, bool, error) {
 	limit := b.f.timelineLimit()
 	page := max(limit+1, 50)
@@ -333,7 +337,8 @@ func (b *builder) timeline(roomID id.RoomID, from, to int64, visibleFrom int64) 
 			return nil, false, fmt.Errorf("reading timeline: %w", err)
 		}
 		if len(evs) == 0 {
-			break
+			slices.Reverse(out)
+			return out, false, nil
 		}
 		// Events at or after the user's own join are visible to them;
 		// older ones follow the room's history visibility.
@@ -367,12 +372,13 @@ func (b *builder) timeline(roomID id.RoomID, from, to int64, visibleFrom int64) 
 			out = append(out, e)
 		}
 		if len(evs) < page {
-			break
+			slices.Reverse(out) // reached from: nothing older was left out
+			return out, false, nil
 		}
 		upper = evs[len(evs)-1].StreamPos - 1
 	}
 	slices.Reverse(out)
-	return out, false, nil
+	return out, true, nil
 }
 
 // joinedRoom builds one room of rooms.join; nil when an incremental sync
@@ -396,8 +402,10 @@ func (b *builder) joinedRoom(member *room.Event, roomSince int64) (*JoinedRoom, 
 		state, err = b.rd.StateAt(roomID, stateAt, members)
 	case limited:
 		// A gap: the client missed events, so it gets the state that
-		// changed between its token and the timeline.
-		state, err = b.rd.StateDelta(roomID, roomSince, stateAt, members)
+		// changed between its token and the timeline. Every member event
+		// in the gap, lazy loading or not: the spec requires them so that
+		// joins, leaves and profile changes in the gap are not lost.
+		state, err = b.rd.StateDelta(roomID, roomSince, stateAt, nil)
 	}
 	if err == nil && !full && members != nil && len(tl) > 0 {
 		// Lazy loading: the senders' member events as of the timeline's
@@ -433,11 +441,11 @@ func (b *builder) joinedRoom(member *room.Event, roomSince int64) (*JoinedRoom, 
 		return nil, err
 	}
 	for _, a := range b.accountData {
-		if a.RoomID == roomID && b.f.roomAccountDataAllowed(a.Type) {
+		if a.RoomID == roomID && b.f.roomAccountDataAllowed(a.Type, roomID) {
 			jr.AccountData.Events = append(jr.AccountData.Events, accountDataEvent(a))
 		}
 	}
-	if roomSince != 0 && !b.req.FullState && len(tl) == 0 && len(jr.State.Events) == 0 &&
+	if roomSince != 0 && !b.req.FullState && len(tl) == 0 && !limited && len(jr.State.Events) == 0 &&
 		len(jr.Ephemeral.Events) == 0 && len(jr.AccountData.Events) == 0 {
 		return nil, nil
 	}
@@ -480,7 +488,8 @@ func (b *builder) leftRoom(member *room.Event) (*LeftRoom, error) {
 		if b.since == nil || b.req.FullState {
 			state, err = b.rd.StateAt(roomID, stateAt, b.lazyMembers(tl))
 		} else {
-			state, err = b.rd.StateDelta(roomID, b.since.Pos, stateAt, b.lazyMembers(tl))
+			// A gap: every member event in it, as for joined rooms.
+			state, err = b.rd.StateDelta(roomID, b.since.Pos, stateAt, nil)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("reading state: %w", err)
@@ -491,7 +500,7 @@ func (b *builder) leftRoom(member *room.Event) (*LeftRoom, error) {
 		Timeline: Timeline{Events: b.formatAll(tl), Limited: limited, PrevBatch: room.Token(stateAt).String()},
 	}
 	for _, a := range b.accountData {
-		if a.RoomID == roomID && b.f.roomAccountDataAllowed(a.Type) {
+		if a.RoomID == roomID && b.f.roomAccountDataAllowed(a.Type, roomID) {
 			lr.AccountData.Events = append(lr.AccountData.Events, accountDataEvent(a))
 		}
 	}
@@ -537,14 +546,14 @@ func (b *builder) strippedState(member *room.Event) ([]json.RawMessage, error) {
 // token (all current ones for a room new to the device).
 func (b *builder) ephemeral(roomID id.RoomID, roomSince int64) ([]json.RawMessage, error) {
 	var out []json.RawMessage
-	if b.f.ephemeralAllowed("m.typing") {
+	if b.f.ephemeralAllowed("m.typing", roomID) {
 		newTyping := roomSince == 0 || b.since == nil || b.s.n.typingSince(roomID, b.since.Typing)
 		if users := b.s.typing.users(roomID); newTyping && (len(users) > 0 || roomSince != 0) {
 			ev, _ := json.Marshal(map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": users}})
 			out = append(out, ev)
 		}
 	}
-	if b.f.ephemeralAllowed("m.receipt") {
+	if b.f.ephemeralAllowed("m.receipt", roomID) {
 		receipts, err := b.rd.Receipts([]id.RoomID{roomID}, roomSince, b.to.Pos)
 		if err != nil {
 			return nil, err
