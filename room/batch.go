@@ -146,24 +146,28 @@ func (b *batcher) runBatch(batch []*job) {
 		for i := range todo {
 			todo[i] = i
 		}
-		for len(todo) > 0 {
-			again, err := runRound(btx, batch, todo, results)
-			if err != nil {
-				return err
+		for {
+			var again []int
+			if len(todo) > 0 {
+				var err error
+				if again, err = runRound(btx, batch, todo, results); err != nil {
+					return err
+				}
 			}
-			err = btx.Flush()
+			// Flush even when no job is left to run again: the room heads
+			// are written last, and a failed pipeline did not write them.
+			err := btx.Flush()
 			var fe *FlushError
 			if errors.As(err, &fe) {
 				results[fe.Job] = fe.Err
 				again = append(again, btx.Restore(fe.Job)...)
 				again = slices.DeleteFunc(again, func(n int) bool { return n == fe.Job })
-			} else if err != nil {
+			} else if err != nil || len(again) == 0 {
 				return err
 			}
 			slices.Sort(again)
 			todo = slices.Compact(again)
 		}
-		return nil
 	})
 	for i, j := range batch {
 		if err != nil && results[i] == nil {
