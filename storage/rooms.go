@@ -275,21 +275,43 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 	if err := s.flush(b.ctx); err != nil {
 		return err
 	}
+	//
+	// Every batch replaces its rooms' rows in forward_extremities, so the
+	// table's index fills with entries of dead rows until autovacuum comes.
+	// A bitmap scan, which the planner picks for the extremities lookup,
+	// visits them all every time (hundreds per room after a few thousand
+	// sends: most of Postgres's work for a batch); a plain index scan marks
+	// those no transaction can see any more as dead in the index, and later
+	// scans skip them. Bitmap scans are therefore off for this statement.
 	pb := &pgx.Batch{}
 	pb.Queue(`SELECT room_id FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE`, want)
+	pb.Queue(`SET LOCAL enable_bitmapscan = off`)
 	pb.Queue(`SELECT r.room_id, r.room_version, h.depth, h.snapshot_id, s.chain_len,
 			coalesce((SELECT array_agg(event_id ORDER BY event_id) FROM forward_extremities f WHERE f.room_id = r.room_id), '{}')
 		FROM rooms r LEFT JOIN room_heads h USING (room_id) LEFT JOIN state_snapshots s ON s.snapshot_id = h.snapshot_id
 		WHERE r.room_id = ANY($1)`, want)
+	pb.Queue(`SET LOCAL enable_bitmapscan = DEFAULT`)
 	br := s.tx.SendBatch(b.ctx, pb)
 	defer br.Close()
 	if _, err := br.Exec(); err != nil {
 		return fmt.Errorf("locking rooms: %w", err)
 	}
+	if _, err := br.Exec(); err != nil {
+		return err
+	}
 	rows, err := br.Query()
 	if err != nil {
 		return fmt.Errorf("reading room heads: %w", err)
 	}
+	if err := b.readHeads(rows); err != nil {
+		return err
+	}
+	_, err = br.Exec()
+	return err
+}
+
+// readHeads makes handles of the rooms LockRooms read.
+func (b *batchTx) readHeads(rows pgx.Rows) error {
 	defer rows.Close()
 	b.mu.Lock()
 	defer b.mu.Unlock()
