@@ -71,9 +71,10 @@ type job struct {
 
 // batcher is group commit for every room write. Writes arrive from many
 // requests; a request that finds fewer than maxLeaders batches running
-// becomes a leader and runs what is queued in one transaction, one job after
-// another, with one COMMIT (one fsync) for all of them; whatever queues
-// meanwhile forms the next batch. Every job is acknowledged only after the
+// becomes a leader and runs what is queued in one transaction (the jobs of
+// one room one after another, different rooms in parallel: runRound), with
+// one COMMIT (one fsync) for all of them; whatever queues meanwhile forms
+// the next batch. Every job is acknowledged only after the
 // commit that holds it.
 //
 // Leaders can overlap: while one batch waits for Postgres and its fsync, the
@@ -91,7 +92,8 @@ type batcher struct {
 
 // maxLeaders is how many batches may be in flight at once. Measured on the
 // 2-core reference machine, two leaders were slower than one (batches got
-// smaller and contended for the same rooms), so today it is one; the
+// smaller and contended for the same rooms), again after the jobs of a
+// batch were spread over the cores (docs/performance.md), so it is one; the
 // locking above keeps more than one safe when a machine has cores to spare.
 const maxLeaders = 1
 
