@@ -4,36 +4,46 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"maunium.net/go/mautrix/id"
 )
 
-// BatchTx is one write transaction shared by a batch of jobs.
+// BatchTx is one write transaction shared by a batch of jobs. The jobs of
+// different rooms run concurrently (BeginJob, the Tx it returns, EndJob);
+// the other methods are called while no job runs.
 type BatchTx interface {
-	// LockRooms locks the existing rooms among roomIDs up front (unknown
-	// ones are skipped: Room reports them).
+	// LockRooms locks the existing rooms among roomIDs, before any job
+	// runs (unknown ones are skipped: BeginJob reports them).
 	LockRooms(roomIDs []id.RoomID) error
-	// Room locks an existing room for this transaction (ErrNotFound).
-	Room(roomID id.RoomID) (Tx, error)
-	// NewRoom inserts and locks a new room (ErrRoomExists, possibly only
-	// as a FlushError when the insert is sent).
-	NewRoom(roomID id.RoomID, version id.RoomVersion) (Tx, error)
-	// BeginJob starts job n: what it writes can be undone alone.
-	BeginJob(n int)
-	// RollbackJob undoes job n, which failed.
-	RollbackJob(n int) error
-	// Restore forgets what jobs after n did to cached room heads, after a
-	// FlushError for job n (the store has already undone their writes).
-	Restore(n int)
-	// Flush sends every queued write. A write that failed is reported as a
-	// *FlushError; the transaction is then back at that job's start.
+	// BeginJob starts job n on the locked room roomID (ErrNotFound), or,
+	// with version set, on the new room roomID, inserted and locked
+	// (ErrRoomExists, possibly only as a FlushError when the insert is
+	// sent). What the job writes can be undone alone.
+	BeginJob(n int, roomID id.RoomID, version id.RoomVersion) (Tx, error)
+	// EndJob ends job n, begun with BeginJob (failed: it returned an
+	// error, and what it wrote is undone). again reports that it must run
+	// again: a FlushError aborted this round of jobs (Flush returns it),
+	// and its writes were undone. An error fails the whole batch.
+	EndJob(n int, failed bool) (again bool, err error)
+	// Flush sends every queued write. A write that failed, now or while
+	// the round's jobs ran, is reported as a *FlushError: the transaction
+	// is then back at that job's start, and Restore must follow.
 	Flush() error
+	// Restore, after a FlushError for job n, returns the jobs whose
+	// writes were undone with n's (those that reached the transaction
+	// after n), to run again, and forgets what they and n did to cached
+	// room heads.
+	Restore(n int) []int
 }
 
 // FlushError reports that job Job's queued writes failed with Err when they
-// were sent; the writes of the jobs after it were not applied.
+// were sent; the writes of the jobs that reached the transaction after it
+// were not applied (BatchTx.Restore names them).
 type FlushError struct {
 	Job int
 	Err error
@@ -61,9 +71,10 @@ type job struct {
 
 // batcher is group commit for every room write. Writes arrive from many
 // requests; a request that finds fewer than maxLeaders batches running
-// becomes a leader and runs what is queued in one transaction, one job after
-// another, with one COMMIT (one fsync) for all of them; whatever queues
-// meanwhile forms the next batch. Every job is acknowledged only after the
+// becomes a leader and runs what is queued in one transaction (the jobs of
+// one room one after another, different rooms in parallel: runRound), with
+// one COMMIT (one fsync) for all of them; whatever queues meanwhile forms
+// the next batch. Every job is acknowledged only after the
 // commit that holds it.
 //
 // Leaders can overlap: while one batch waits for Postgres and its fsync, the
@@ -81,7 +92,8 @@ type batcher struct {
 
 // maxLeaders is how many batches may be in flight at once. Measured on the
 // 2-core reference machine, two leaders were slower than one (batches got
-// smaller and contended for the same rooms), so today it is one; the
+// smaller and contended for the same rooms), again after the jobs of a
+// batch were spread over the cores (docs/performance.md), so it is one; the
 // locking above keeps more than one safe when a machine has cores to spare.
 const maxLeaders = 1
 
@@ -113,6 +125,10 @@ func (b *batcher) do(ctx context.Context, j *job) error {
 
 // runBatch runs jobs in one transaction. The transaction does not use any
 // job's context: one client going away must not abort the others' writes.
+//
+// The jobs run in rounds (runRound): the first round runs them all; when a
+// write fails in the pipeline (FlushError), that job fails, and the jobs
+// its rollback undid, or that ended after it, run in the next round.
 func (b *batcher) runBatch(batch []*job) {
 	results := make([]error, len(batch))
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
@@ -128,53 +144,31 @@ func (b *batcher) runBatch(batch []*job) {
 		if err := btx.LockRooms(rooms); err != nil {
 			return err
 		}
-		i := 0
+		todo := make([]int, len(batch))
+		for i := range todo {
+			todo[i] = i
+		}
 		for {
-			for i < len(batch) {
-				j := batch[i]
-				if err := j.ctx.Err(); err != nil {
-					results[i] = err
-					i++
-					continue
-				}
-				btx.BeginJob(i)
-				var tx Tx
+			var again []int
+			if len(todo) > 0 {
 				var err error
-				if j.version != "" {
-					tx, err = btx.NewRoom(j.roomID, j.version)
-				} else {
-					tx, err = btx.Room(j.roomID)
-				}
-				if err == nil {
-					err = j.fn(tx)
-				}
-				var fe *FlushError
-				switch {
-				case errors.As(err, &fe):
-					// An earlier job's write failed while this one read:
-					// that job fails, and the jobs after it run again.
-					results[fe.Job] = fe.Err
-					btx.Restore(fe.Job)
-					i = fe.Job + 1
-				case err != nil:
-					results[i] = err
-					if rerr := btx.RollbackJob(i); rerr != nil {
-						return rerr
-					}
-					i++
-				default:
-					results[i] = nil
-					i++
+				if again, err = runRound(btx, batch, todo, results); err != nil {
+					return err
 				}
 			}
+			// Flush even when no job is left to run again: the room heads
+			// are written last, and a failed pipeline did not write them.
 			err := btx.Flush()
 			var fe *FlushError
-			if !errors.As(err, &fe) {
+			if errors.As(err, &fe) {
+				results[fe.Job] = fe.Err
+				again = append(again, btx.Restore(fe.Job)...)
+				again = slices.DeleteFunc(again, func(n int) bool { return n == fe.Job })
+			} else if err != nil || len(again) == 0 {
 				return err
 			}
-			results[fe.Job] = fe.Err
-			btx.Restore(fe.Job)
-			i = fe.Job + 1
+			slices.Sort(again)
+			todo = slices.Compact(again)
 		}
 	})
 	for i, j := range batch {
@@ -183,6 +177,94 @@ func (b *batcher) runBatch(batch []*job) {
 		}
 		j.done <- results[i]
 	}
+}
+
+// runRound runs the jobs todo (batch indices, ascending) on up to
+// GOMAXPROCS goroutines, the caller's included. Building, signing and
+// authorising events is most of a job's work, and it needs no lock: jobs of
+// different rooms run in parallel. The jobs of one room run in batch order
+// on one goroutine, each on the room head its predecessor left, so a room's
+// events keep the order of the batch; BatchTx makes each job's writes reach
+// the transaction whole, in the order the jobs end. It returns the jobs to
+// run again, after a FlushError aborted the round: those that ended after
+// it and those not run.
+func runRound(btx BatchTx, batch []*job, todo []int, results []error) (again []int, err error) {
+	var groups [][]int
+	group := map[id.RoomID]int{}
+	for _, n := range todo {
+		g, ok := group[batch[n].roomID]
+		if !ok {
+			g = len(groups)
+			group[batch[n].roomID] = g
+			groups = append(groups, nil)
+		}
+		groups[g] = append(groups[g], n)
+	}
+	var (
+		mu      sync.Mutex // guards next, again, err
+		next    int
+		stopped atomic.Bool // a job must run again, or the batch failed
+	)
+	work := func() {
+		for {
+			mu.Lock()
+			if next == len(groups) || stopped.Load() {
+				mu.Unlock()
+				return
+			}
+			g := groups[next]
+			next++
+			mu.Unlock()
+			for k, n := range g {
+				rerun, jerr := false, error(nil)
+				if !stopped.Load() {
+					rerun, jerr = runJob(btx, n, batch[n], results)
+				} else {
+					rerun = true
+				}
+				if rerun || jerr != nil {
+					stopped.Store(true)
+					mu.Lock()
+					again = append(again, g[k:]...)
+					if err == nil {
+						err = jerr
+					}
+					mu.Unlock()
+					break
+				}
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for range min(len(groups), runtime.GOMAXPROCS(0)) - 1 {
+		wg.Go(work)
+	}
+	work()
+	wg.Wait()
+	for _, g := range groups[next:] {
+		again = append(again, g...)
+	}
+	return again, err
+}
+
+// runJob runs job n. rerun: it must run again (see BatchTx.EndJob).
+func runJob(btx BatchTx, n int, j *job, results []error) (rerun bool, err error) {
+	if err := j.ctx.Err(); err != nil {
+		results[n] = err
+		return false, nil
+	}
+	tx, err := btx.BeginJob(n, j.roomID, j.version)
+	if err == nil {
+		err = j.fn(tx)
+	}
+	rerun, ferr := btx.EndJob(n, err != nil)
+	if ferr != nil {
+		return false, ferr
+	}
+	if !rerun {
+		results[n] = err
+	}
+	return rerun, nil
 }
 
 // inRoom runs fn with the room locked, as part of the next batch, mapping

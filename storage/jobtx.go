@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -11,128 +12,303 @@ import (
 	"github.com/weftchat/weft/room"
 )
 
-// jobTx is a batch transaction as its jobs see it.
+// stream is a batch transaction shared by jobs that run concurrently (one
+// goroutine per room at a time, room/batch.go).
 //
-// Writes are not sent one by one: Queue holds them, and they go to Postgres
-// as one pipeline when the batch ends or before any read (a read must see
-// the writes queued before it). Each job's statements start with its own
-// savepoint, SAVEPOINT j<n>, so one failing job can be undone alone:
-//   - a job that fails before its statements were sent is simply dropped
-//     from the queue;
-//   - a job that fails after some were sent is rolled back to its savepoint;
-//   - a statement that fails inside a pipeline (a duplicate transaction ID)
-//     is reported as *room.FlushError naming the job: the transaction is
-//     rolled back to that job's savepoint, and the batcher runs the jobs
-//     after it again (their statements never ran).
+// Writes are not sent one by one. Each job queues its statements privately
+// (jobConn), behind its own savepoint, SAVEPOINT j<n>, so one failing job
+// can be undone alone. A job that ends well hands its statements, whole, to
+// the stream's queue, which goes to Postgres as one pipeline when the batch
+// ends or before a read. The order in which jobs reach the queue is the
+// stream order: the order of their savepoints, of their stream positions
+// and of what a rollback undoes. The jobs of one room run one after another
+// on one goroutine, so they keep their batch order in the stream; jobs of
+// different rooms interleave in whatever order they end.
+//
+// One goroutine at a time may use the pgx transaction: the holder of tok. A
+// job that needs the database while it runs (a read, which must see the
+// writes queued before it, or an immediate write) takes tok and keeps it
+// until it ends: it sends the queue, then its own savepoint and statements,
+// and its later statements follow directly, so that a job's statements stay
+// contiguous in the stream and rolling back to its savepoint undoes nothing
+// of any other job. Jobs that end meanwhile wait for tok to join the queue,
+// after the holder. The holder never waits for another job, so this cannot
+// deadlock. Reads are rare (the room caches hold what a send needs), so the
+// jobs seldom wait.
+//
+// When a job fails:
+//   - before its statements were sent, they are simply dropped;
+//   - after (it held tok), the transaction is rolled back to its savepoint;
+//     as it is the last job in the stream, nothing else is undone;
+//   - a statement that fails inside a pipeline (a duplicate transaction
+//     ID) fails its job Y: the transaction is rolled back to Y's savepoint,
+//     which undoes the jobs after Y in the stream, and the stream is aborted
+//     until the batcher has seen the *room.FlushError (batchTx.Flush):
+//     jobs that end meanwhile are told to run again, and reads fail with
+//     errAborted. The batcher runs again the jobs undone (undoneAfter) and
+//     those that ended after the abort.
 //
 // Savepoints are not released; room/batch.go keeps batches short enough
 // (maxBatch) for Postgres's per-backend subtransaction cache.
-type jobTx struct {
+type stream struct {
 	tx  pgx.Tx
-	job int
-	// lockJob is the job during whose savepoint the stream lock was taken
-	// (-2: not held). The lock is taken as late as possible, at the head of
-	// the first pipeline that carries writes, so that a second batch can
-	// build its events while this one waits for its commit; positions are
-	// still only taken under it (stream.go). Rolling back that job (or an
-	// earlier one) releases the lock with the subtransaction.
-	lockJob int
-	// pending are the statements not sent yet, in order.
-	pending []queued
-	// sent[j]: job j's savepoint has reached the server.
-	sent map[int]bool
+	tok sync.Mutex
+
+	// Guarded by tok:
+
+	// queue is the statements waiting to be sent, in stream order.
+	queue []queued
+	// order is the jobs that entered the stream, in stream order (a job
+	// failed and rolled back stays: its savepoint is still there); sent is
+	// how many of them have had their savepoint sent.
+	order []int
+	sent  int
+	// failed marks the jobs of order that failed (rolled back).
+	failed map[int]bool
+	// lockLevel is the index in order of the savepoint inside whose
+	// subtransaction the stream lock was taken (-1: outside any; -2: not
+	// held). The lock is taken as late as possible, at the head of the
+	// first pipeline that carries writes, so that a second batch can build
+	// its events while this one waits for its commit; positions are still
+	// only taken under it (stream.go). Rolling back to that savepoint (or
+	// an earlier one) releases the lock with the subtransaction.
+	lockLevel int
+	// aborted is the FlushError that aborted the stream, until the batcher
+	// takes it.
+	aborted *room.FlushError
+	// broken is the error that makes the whole transaction unusable.
+	broken error
 }
 
 type queued struct {
-	job  int
-	sql  string
-	args []any
+	// job is the job the statement belongs to; -1: none (a failure fails
+	// the batch).
+	job       int
+	savepoint bool
+	sql       string
+	args      []any
 	// pos, when set, receives the single int8 the statement returns (the
 	// stream position of an inserted event).
 	pos *int64
 }
 
-func newJobTx(tx pgx.Tx) *jobTx { return &jobTx{tx: tx, job: -1, lockJob: -2, sent: map[int]bool{}} }
+// errAborted answers a read of a job that runs while the stream is
+// aborted: the batcher runs the job again.
+var errAborted = errors.New("batch stream aborted by an earlier job's failed write")
 
-// lostLockAt notes that jobs from n on were rolled back.
-func (j *jobTx) lostLockAt(n int) {
-	if j.lockJob >= n {
-		j.lockJob = -2
-	}
+func newStream(tx pgx.Tx) *stream {
+	return &stream{tx: tx, lockLevel: -2, failed: map[int]bool{}}
 }
 
 func savepointName(job int) string { return fmt.Sprintf("j%d", job) }
 
-// beginJob starts job n: its statements follow its savepoint.
-func (j *jobTx) beginJob(n int) {
-	j.job = n
-	j.pending = append(j.pending, queued{job: n, sql: "SAVEPOINT " + savepointName(n)})
+// jobConn is one job's view of the batch transaction. It is used by the
+// goroutine running the job only.
+type jobConn struct {
+	s *stream
+	n int
+	// pending are the job's statements not handed to the stream yet; the
+	// first is its savepoint until the job enters the stream.
+	pending []queued
+	// holds: the job holds s.tok, and has entered the stream.
+	holds bool
 }
 
-// Queue adds a write to the pipeline.
-func (j *jobTx) Queue(sql string, args ...any) {
-	j.pending = append(j.pending, queued{job: j.job, sql: sql, args: args})
+// begin starts job n: its statements follow its savepoint.
+func (s *stream) begin(n int) *jobConn {
+	return &jobConn{s: s, n: n, pending: []queued{{job: n, savepoint: true, sql: "SAVEPOINT " + savepointName(n)}}}
+}
+
+// Queue adds a write to the job's statements.
+func (c *jobConn) Queue(sql string, args ...any) {
+	c.pending = append(c.pending, queued{job: c.n, sql: sql, args: args})
 }
 
 // QueuePos adds a write that returns a stream position, stored into pos
 // when the pipeline runs.
-func (j *jobTx) QueuePos(pos *int64, sql string, args ...any) {
-	j.pending = append(j.pending, queued{job: j.job, sql: sql, args: args, pos: pos})
+func (c *jobConn) QueuePos(pos *int64, sql string, args ...any) {
+	c.pending = append(c.pending, queued{job: c.n, sql: sql, args: args, pos: pos})
 }
 
-// flush sends the queued statements as one pipeline.
-func (j *jobTx) flush(ctx context.Context) error {
-	if len(j.pending) == 0 {
+// acquire makes the job the holder of the transaction (for the rest of the
+// job) and sends everything queued before it and its own statements.
+func (c *jobConn) acquire(ctx context.Context) error {
+	s := c.s
+	if !c.holds {
+		s.tok.Lock()
+		if err := s.unusable(); err != nil {
+			s.tok.Unlock()
+			return err
+		}
+		c.holds = true
+		s.order = append(s.order, c.n)
+	}
+	s.queue = append(s.queue, c.pending...)
+	c.pending = nil
+	return s.flush(ctx)
+}
+
+// unusable reports why no job may use the transaction now. Caller holds tok.
+func (s *stream) unusable() error {
+	if s.broken != nil {
+		return s.broken
+	}
+	if s.aborted != nil {
+		return errAborted
+	}
+	return nil
+}
+
+// end finishes job c (failed: with an error), releasing tok. The job's
+// statements join the stream if it succeeded, or are undone if it failed.
+// again reports that the job must run again: the stream was aborted before
+// its statements could join it (or they were undone by the abort). A
+// non-nil error fails the whole batch.
+func (c *jobConn) end(ctx context.Context, failed bool) (again bool, err error) {
+	s := c.s
+	if !c.holds {
+		s.tok.Lock()
+	}
+	held := c.holds
+	c.holds = false
+	defer s.tok.Unlock()
+	pending := c.pending
+	c.pending = nil
+	switch {
+	case s.broken != nil:
+		return false, s.broken
+	case s.aborted != nil:
+		// A holder's statements were undone by the rollback that aborted
+		// the stream (it came after the failed job, or is that job).
+		return true, nil
+	case !failed:
+		if !held {
+			s.order = append(s.order, c.n)
+		}
+		s.queue = append(s.queue, pending...)
+		return false, nil
+	case held:
+		s.failed[c.n] = true
+		if err := s.rollbackTo(ctx, len(s.order)-1); err != nil {
+			return false, err
+		}
+	}
+	return false, nil
+}
+
+// rollbackTo rolls the transaction back to the savepoint of order[i],
+// which has been sent. Caller holds tok.
+func (s *stream) rollbackTo(ctx context.Context, i int) error {
+	if s.lockLevel >= i {
+		s.lockLevel = -2
+	}
+	s.sent = i + 1
+	if _, err := s.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepointName(s.order[i])); err != nil {
+		s.broken = fmt.Errorf("rolling back job: %w", err)
+		return s.broken
+	}
+	return nil
+}
+
+// flush sends the queue as one pipeline. Caller holds tok.
+func (s *stream) flush(ctx context.Context) error {
+	if err := s.unusable(); err != nil {
+		return err
+	}
+	if len(s.queue) == 0 {
 		return nil
 	}
-	if j.lockJob == -2 {
-		// The stream lock goes first, inside the subtransaction of the
-		// job whose statement starts the pipeline.
-		j.pending = append([]queued{{job: j.pending[0].job, sql: "SELECT pg_advisory_xact_lock($1)", args: []any{streamLockID}}}, j.pending...)
-		j.lockJob = j.pending[0].job
+	if s.lockLevel == -2 {
+		// The stream lock goes first, in the subtransaction of the last
+		// savepoint sent.
+		s.queue = append([]queued{{job: -1, sql: "SELECT pg_advisory_xact_lock($1)", args: []any{streamLockID}}}, s.queue...)
+		s.lockLevel = s.sent - 1
 	}
 	b := &pgx.Batch{}
-	for _, q := range j.pending {
+	for _, q := range s.queue {
 		b.Queue(q.sql, q.args...)
 	}
-	sent := j.pending
-	j.pending = nil
-	br := j.tx.SendBatch(ctx, b)
-	var failed *room.FlushError
-	for _, q := range sent {
+	sent := s.queue
+	s.queue = nil
+	br := s.tx.SendBatch(ctx, b)
+	var failed *queued
+	var failErr error
+	for i := range sent {
+		q := &sent[i]
 		var err error
 		if q.pos != nil {
 			err = br.QueryRow().Scan(q.pos)
 		} else {
 			_, err = br.Exec()
 		}
-		if err == nil && failed == nil {
-			j.sent[q.job] = true
-		} else if err != nil && failed == nil {
-			failed = &room.FlushError{Job: q.job, Err: mapWriteError(err)}
+		if failed != nil {
+			continue
+		}
+		if err != nil {
+			failed, failErr = q, err
+		} else if q.savepoint {
+			s.sent++
 		}
 	}
 	if err := br.Close(); err != nil && failed == nil {
-		return fmt.Errorf("sending queued writes: %w", err)
+		s.broken = fmt.Errorf("sending queued writes: %w", err)
+		return s.broken
 	}
 	if failed == nil {
 		return nil
 	}
-	if !j.sent[failed.Job] {
-		// Even the job's savepoint (or the stream lock) failed: nothing
-		// can be kept.
-		return fmt.Errorf("batch transaction failed: %w", failed.Err)
+	if failed.job < 0 || failed.savepoint {
+		// The stream lock, a savepoint or a statement of no job failed:
+		// nothing can be kept.
+		s.broken = fmt.Errorf("batch transaction failed: %w", failErr)
+		return s.broken
 	}
-	j.lostLockAt(failed.Job)
-	if _, err := j.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepointName(failed.Job)); err != nil {
-		return fmt.Errorf("rolling back job: %w", err)
+	i := s.index(failed.job)
+	if err := s.rollbackTo(ctx, i); err != nil {
+		return err
 	}
-	for n := range j.sent {
-		if n > failed.Job {
-			delete(j.sent, n) // their savepoints are gone with the rollback
+	s.aborted = &room.FlushError{Job: failed.job, Err: mapWriteError(failErr)}
+	return s.aborted
+}
+
+// index is the position of job n in the stream (the last, if it entered
+// it more than once: a job run again after an abort).
+func (s *stream) index(n int) int {
+	for i := len(s.order) - 1; i >= 0; i-- {
+		if s.order[i] == n {
+			return i
 		}
 	}
-	return failed
+	panic(fmt.Sprintf("job %d is not in the stream", n))
+}
+
+// takeAborted returns and clears the FlushError that aborted the stream.
+func (s *stream) takeAborted() *room.FlushError {
+	s.tok.Lock()
+	defer s.tok.Unlock()
+	fe := s.aborted
+	s.aborted = nil
+	return fe
+}
+
+// undoneAfter forgets the jobs that entered the stream after job n (whose
+// write failed): the rollback to n's savepoint undid them. It returns those
+// that had not failed, in stream order: they must run again. No job runs.
+func (s *stream) undoneAfter(n int) []int {
+	s.tok.Lock()
+	defer s.tok.Unlock()
+	i := s.index(n)
+	var undone []int
+	for _, j := range s.order[i+1:] {
+		if !s.failed[j] {
+			undone = append(undone, j)
+		}
+		delete(s.failed, j)
+	}
+	s.failed[n] = true
+	s.order = s.order[:i+1]
+	s.sent = min(s.sent, i+1)
+	return undone
 }
 
 // mapWriteError turns the unique violations a job can cause into the
@@ -150,45 +326,28 @@ func mapWriteError(err error) error {
 	return err
 }
 
-// rollbackJob undoes job n after it failed.
-func (j *jobTx) rollbackJob(ctx context.Context, n int) error {
-	keep := j.pending[:0]
-	for _, q := range j.pending {
-		if q.job != n {
-			keep = append(keep, q)
-		}
-	}
-	j.pending = keep
-	if !j.sent[n] {
-		return nil
-	}
-	delete(j.sent, n)
-	j.lostLockAt(n)
-	_, err := j.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepointName(n))
-	return err
-}
+// Reads and immediate writes make the job the holder and send what is
+// queued first.
 
-// Reads and immediate writes first send what is queued.
-
-func (j *jobTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if err := j.flush(ctx); err != nil {
+func (c *jobConn) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := c.acquire(ctx); err != nil {
 		return pgconn.CommandTag{}, err
 	}
-	return j.tx.Exec(ctx, sql, args...)
+	return c.s.tx.Exec(ctx, sql, args...)
 }
 
-func (j *jobTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if err := j.flush(ctx); err != nil {
+func (c *jobConn) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := c.acquire(ctx); err != nil {
 		return nil, err
 	}
-	return j.tx.Query(ctx, sql, args...)
+	return c.s.tx.Query(ctx, sql, args...)
 }
 
-func (j *jobTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if err := j.flush(ctx); err != nil {
+func (c *jobConn) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := c.acquire(ctx); err != nil {
 		return errRow{err}
 	}
-	return j.tx.QueryRow(ctx, sql, args...)
+	return c.s.tx.QueryRow(ctx, sql, args...)
 }
 
 type errRow struct{ err error }

@@ -87,14 +87,17 @@ func roomNotFound(err error) error {
 	return err
 }
 
-// roomTx is one room's locked transaction.
+// roomTx is one room's locked transaction. The jobs of one room run one at
+// a time (room/batch.go), so only the goroutine running the room's current
+// job uses it; the batch's leader reads it between rounds of jobs.
 type roomTx struct {
 	ctx     context.Context
-	tx      *jobTx
 	roomID  id.RoomID
 	version id.RoomVersion
 	batch   *batchTx
 	pdus    *pduCache
+	// tx is the transaction as the room's current job sees it.
+	tx *jobConn
 
 	// While this transaction holds the room's row lock nobody else can
 	// change the room, so what it has read is cached until it ends:
@@ -113,16 +116,22 @@ type roomTx struct {
 	stateComplete bool
 }
 
-// batchTx is one batch's transaction: the rooms it has locked so far.
+// batchTx is one batch's transaction: the rooms it has locked so far. Jobs
+// of different rooms use it concurrently; see stream for how their writes
+// share the transaction.
 type batchTx struct {
 	ctx   context.Context
-	tx    *jobTx
-	rooms map[id.RoomID]*roomTx
+	s     *stream
 	heads *headCache
 	ids   *snapshotIDs
-	// saved[n] is every open room's head when job n began.
-	saved map[int]map[id.RoomID]roomHead
 	pdus  *pduCache
+
+	mu sync.Mutex // guards the fields below
+	// rooms are the room handles.
+	rooms map[id.RoomID]*roomTx
+	// jobs[n] is job n's connection, room, and the room's head when the
+	// job began (to go back to if the job is undone).
+	jobs map[int]*jobState
 	// positions receive the stream positions of the inserted events, and
 	// members are the users whose member events were appended: after the
 	// commit they tell the stream listener what changed. Entries of jobs
@@ -134,11 +143,19 @@ type batchTx struct {
 	appended  map[id.RoomID]bool
 }
 
+type jobState struct {
+	conn  *jobConn
+	room  *roomTx // nil: the job found no room
+	saved roomHead
+	// opened: the job created the room; undoing it forgets the room.
+	opened bool
+}
+
 func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 	var done *batchTx
 	err := r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		b := &batchTx{ctx: ctx, tx: newJobTx(tx), rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus, heads: r.heads,
-			ids: r.snapIDs, saved: map[int]map[id.RoomID]roomHead{}, appended: map[id.RoomID]bool{}}
+		b := &batchTx{ctx: ctx, s: newStream(tx), rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus, heads: r.heads,
+			ids: r.snapIDs, jobs: map[int]*jobState{}, appended: map[id.RoomID]bool{}}
 		if err := fn(b); err != nil {
 			return err
 		}
@@ -168,7 +185,7 @@ func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 	return nil
 }
 
-// roomHead is what a room handle caches, saved at each job's savepoint.
+// roomHead is what a room handle caches, saved when each job begins.
 type roomHead struct {
 	headLoaded bool
 	prev       []id.EventID
@@ -190,8 +207,12 @@ func (t *roomTx) restoreHead(h roomHead) {
 // Flush writes each changed room's head (depth, snapshot, forward
 // extremity) once per batch instead of once per event (updating the same
 // rows for every event would pile up row versions), and sends everything
-// queued.
+// queued. No job runs meanwhile. A FlushError that aborted the jobs'
+// round is returned as is (see stream).
 func (b *batchTx) Flush() error {
+	if fe := b.s.takeAborted(); fe != nil {
+		return fe
+	}
 	var rooms, extRooms, extEvents []string
 	var snaps, depths []int64
 	for _, t := range b.rooms {
@@ -206,14 +227,23 @@ func (b *batchTx) Flush() error {
 			extEvents = append(extEvents, string(e))
 		}
 	}
+	s := b.s
+	s.tok.Lock()
+	defer s.tok.Unlock()
 	if len(rooms) > 0 {
-		// Three statements for all the batch's rooms.
-		b.tx.Queue(`UPDATE room_heads h SET snapshot_id = u.snap, depth = u.depth
-			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(room_id, snap, depth) WHERE h.room_id = u.room_id`, rooms, snaps, depths)
-		b.tx.Queue(`DELETE FROM forward_extremities WHERE room_id = ANY($1)`, rooms)
-		b.tx.Queue(`INSERT INTO forward_extremities (room_id, event_id) SELECT * FROM unnest($1::text[], $2::text[])`, extRooms, extEvents)
+		// Three statements for all the batch's rooms, belonging to no
+		// job: they follow every job's.
+		s.queue = append(s.queue,
+			queued{job: -1, sql: `UPDATE room_heads h SET snapshot_id = u.snap, depth = u.depth
+			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(room_id, snap, depth) WHERE h.room_id = u.room_id`, args: []any{rooms, snaps, depths}},
+			queued{job: -1, sql: `DELETE FROM forward_extremities WHERE room_id = ANY($1)`, args: []any{rooms}},
+			queued{job: -1, sql: `INSERT INTO forward_extremities (room_id, event_id) SELECT * FROM unnest($1::text[], $2::text[])`, args: []any{extRooms, extEvents}})
 	}
-	if err := b.tx.flush(b.ctx); err != nil {
+	if err := s.flush(b.ctx); err != nil {
+		if fe := s.aborted; fe != nil {
+			s.aborted = nil
+			return fe
+		}
 		return err
 	}
 	for _, t := range b.rooms {
@@ -222,23 +252,10 @@ func (b *batchTx) Flush() error {
 	return nil
 }
 
-// Room locks the room's row for the rest of the transaction: appends to one
-// room are serialised; other rooms' rows are untouched.
-func (b *batchTx) Room(roomID id.RoomID) (room.Tx, error) {
-	if t, ok := b.rooms[roomID]; ok {
-		return t, nil
-	}
-	if err := b.LockRooms([]id.RoomID{roomID}); err != nil {
-		return nil, err
-	}
-	if t, ok := b.rooms[roomID]; ok {
-		return t, nil
-	}
-	return nil, room.ErrNotFound
-}
-
 // LockRooms locks rooms' rows (in room ID order, so two lockers can never
-// deadlock) and reads their heads, all in one round trip.
+// deadlock) and reads their heads, all in one round trip. It is called
+// before any job runs, outside every savepoint, so no job's rollback
+// releases the locks.
 func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 	var want []string
 	for _, rid := range roomIDs {
@@ -249,29 +266,56 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 	if len(want) == 0 {
 		return nil
 	}
+	s := b.s
+	s.tok.Lock()
+	defer s.tok.Unlock()
 	// Lock first, then read the heads in a second statement of the same
 	// round trip: under READ COMMITTED a statement reads from the snapshot
 	// taken when it started, so heads read by the locking statement itself
 	// could predate the commit of the batch it waited for.
-	if err := b.tx.flush(b.ctx); err != nil {
+	if err := s.flush(b.ctx); err != nil {
 		return err
 	}
+	//
+	// Every batch replaces its rooms' rows in forward_extremities, so the
+	// table's index fills with entries of dead rows until autovacuum comes.
+	// A bitmap scan, which the planner picks for the extremities lookup,
+	// visits them all every time (hundreds per room after a few thousand
+	// sends: most of Postgres's work for a batch); a plain index scan marks
+	// those no transaction can see any more as dead in the index, and later
+	// scans skip them. Bitmap scans are therefore off for this statement.
 	pb := &pgx.Batch{}
 	pb.Queue(`SELECT room_id FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE`, want)
+	pb.Queue(`SET LOCAL enable_bitmapscan = off`)
 	pb.Queue(`SELECT r.room_id, r.room_version, h.depth, h.snapshot_id, s.chain_len,
 			coalesce((SELECT array_agg(event_id ORDER BY event_id) FROM forward_extremities f WHERE f.room_id = r.room_id), '{}')
 		FROM rooms r LEFT JOIN room_heads h USING (room_id) LEFT JOIN state_snapshots s ON s.snapshot_id = h.snapshot_id
 		WHERE r.room_id = ANY($1)`, want)
-	br := b.tx.tx.SendBatch(b.ctx, pb)
+	pb.Queue(`SET LOCAL enable_bitmapscan = DEFAULT`)
+	br := s.tx.SendBatch(b.ctx, pb)
 	defer br.Close()
 	if _, err := br.Exec(); err != nil {
 		return fmt.Errorf("locking rooms: %w", err)
+	}
+	if _, err := br.Exec(); err != nil {
+		return err
 	}
 	rows, err := br.Query()
 	if err != nil {
 		return fmt.Errorf("reading room heads: %w", err)
 	}
+	if err := b.readHeads(rows); err != nil {
+		return err
+	}
+	_, err = br.Exec()
+	return err
+}
+
+// readHeads makes handles of the rooms LockRooms read.
+func (b *batchTx) readHeads(rows pgx.Rows) error {
 	defer rows.Close()
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	for rows.Next() {
 		var roomID id.RoomID
 		var version id.RoomVersion
@@ -296,51 +340,89 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 	return rows.Err()
 }
 
+// newHandle adds a room handle. Caller holds b.mu.
 func (b *batchTx) newHandle(roomID id.RoomID, version id.RoomVersion) *roomTx {
-	t := &roomTx{ctx: b.ctx, tx: b.tx, roomID: roomID, version: version, batch: b, pdus: b.pdus, state: map[pdu.StateKey]id.EventID{}}
+	t := &roomTx{ctx: b.ctx, roomID: roomID, version: version, batch: b, pdus: b.pdus, state: map[pdu.StateKey]id.EventID{}}
 	b.rooms[roomID] = t
 	return t
 }
 
-// NewRoom queues the room's row; a room ID in use surfaces as ErrRoomExists
-// (in a FlushError when the insert is sent).
-func (b *batchTx) NewRoom(roomID id.RoomID, version id.RoomVersion) (room.Tx, error) {
-	b.tx.Queue(`INSERT INTO rooms (room_id, room_version) VALUES ($1, $2)`, roomID, version)
-	t := b.newHandle(roomID, version)
-	t.headLoaded = true    // a new room has no head yet
-	t.stateComplete = true // and no state but what its jobs append
+// BeginJob starts job n on roomID, locked by LockRooms (ErrNotFound if it
+// was not found), or, with version set, on the new room roomID: its row is
+// queued, and a room ID in use surfaces as ErrRoomExists (in a FlushError
+// when the insert is sent). The job's writes follow its own savepoint, and
+// the room's head is saved to go back to if the job is undone.
+func (b *batchTx) BeginJob(n int, roomID id.RoomID, version id.RoomVersion) (room.Tx, error) {
+	js := &jobState{conn: b.s.begin(n)}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.jobs[n] = js
+	t, ok := b.rooms[roomID]
+	switch {
+	case version != "" && ok:
+		return nil, room.ErrRoomExists
+	case version != "":
+		js.conn.Queue(`INSERT INTO rooms (room_id, room_version) VALUES ($1, $2)`, roomID, version)
+		t = b.newHandle(roomID, version)
+		t.headLoaded = true    // a new room has no head yet
+		t.stateComplete = true // and no state but what its jobs append
+		js.opened = true
+	case !ok:
+		return nil, room.ErrNotFound
+	}
+	js.room, js.saved = t, t.saveHead()
+	t.tx = js.conn
 	return t, nil
 }
 
-// BeginJob starts job n under its own savepoint and remembers the rooms'
-// heads, to go back to if the job fails.
-func (b *batchTx) BeginJob(n int) {
-	b.tx.beginJob(n)
-	saved := make(map[id.RoomID]roomHead, len(b.rooms))
-	for rid, t := range b.rooms {
-		saved[rid] = t.saveHead()
+// EndJob ends job n (failed: with an error): its writes join the
+// transaction, or are undone with its changes to the room's head. again
+// reports that the job must run again (a FlushError aborted the round of
+// jobs: see stream); its writes and head changes are undone too.
+func (b *batchTx) EndJob(n int, failed bool) (again bool, err error) {
+	b.mu.Lock()
+	js := b.jobs[n]
+	b.mu.Unlock()
+	again, err = js.conn.end(b.ctx, failed)
+	if err == nil && (failed || again) {
+		b.mu.Lock()
+		b.undo(js)
+		b.mu.Unlock()
 	}
-	b.saved[n] = saved
+	return again, err
 }
 
-// RollbackJob undoes job n: its writes, and its changes to cached heads.
-func (b *batchTx) RollbackJob(n int) error {
-	b.Restore(n)
-	return b.tx.rollbackJob(b.ctx, n)
+// undo puts the job's room back as it was when the job began. Caller holds
+// b.mu.
+func (b *batchTx) undo(js *jobState) {
+	switch {
+	case js.room == nil:
+	case js.opened:
+		delete(b.rooms, js.room.roomID)
+	default:
+		js.room.restoreHead(js.saved)
+	}
 }
 
-// Restore puts the rooms' heads back as they were when job n began; rooms
-// first opened after that are forgotten (their row locks went with the
-// rollback).
-func (b *batchTx) Restore(n int) {
-	saved := b.saved[n]
-	for rid, t := range b.rooms {
-		if h, ok := saved[rid]; ok {
-			t.restoreHead(h)
-		} else {
-			delete(b.rooms, rid)
+// Restore, after a FlushError for job n, undoes the cached head changes of
+// n and of every job that entered the transaction after it, all undone by
+// the rollback to n's savepoint, and returns those jobs but n, to run again.
+// No job runs meanwhile.
+func (b *batchTx) Restore(n int) []int {
+	undone := b.s.undoneAfter(n)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// A room goes back to its head before the first of its jobs undone:
+	// its jobs entered the stream in order, so that is the first seen.
+	seen := map[*roomTx]bool{}
+	for _, j := range append([]int{n}, undone...) {
+		js := b.jobs[j]
+		if js.room != nil && !seen[js.room] {
+			seen[js.room] = true
+			b.undo(js)
 		}
 	}
+	return undone
 }
 
 func (t *roomTx) RoomID() id.RoomID           { return t.roomID }
@@ -519,11 +601,13 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 	relatesTo := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.event_id").Str
 	relType := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.rel_type").Str
 	pos := new(int64)
+	t.batch.mu.Lock()
 	t.batch.positions = append(t.batch.positions, pos)
 	t.batch.appended[t.roomID] = true
 	if e.PDU.Type == "m.room.member" && e.PDU.StateKey != nil {
 		t.batch.members = append(t.batch.members, id.UserID(*e.PDU.StateKey))
 	}
+	t.batch.mu.Unlock()
 	t.tx.QueuePos(pos, `INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, ''))
 		RETURNING stream_pos`,
@@ -583,10 +667,20 @@ type snapshotIDs struct {
 
 const snapshotIDBlock = 100
 
+// next takes an ID, reserving a block first if none is left. The block is
+// reserved without holding mu: q is a job's connection, which may wait for
+// the batch transaction while another job holding it waits for mu. Two
+// jobs may then both reserve a block; the spare IDs serve later.
 func (a *snapshotIDs) next(ctx context.Context, q querier) (int64, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if len(a.free) == 0 {
+	for {
+		a.mu.Lock()
+		if len(a.free) > 0 {
+			id := a.free[0]
+			a.free = a.free[1:]
+			a.mu.Unlock()
+			return id, nil
+		}
+		a.mu.Unlock()
 		// nextval is atomic, so the IDs are ours even with other processes
 		// taking IDs at the same time.
 		rows, err := q.Query(ctx, `SELECT nextval('state_snapshots_snapshot_id_seq') FROM generate_series(1, $1)`, snapshotIDBlock)
@@ -597,11 +691,10 @@ func (a *snapshotIDs) next(ctx context.Context, q querier) (int64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("reserving snapshot IDs: %w", err)
 		}
-		a.free = ids
+		a.mu.Lock()
+		a.free = append(a.free, ids...)
+		a.mu.Unlock()
 	}
-	id := a.free[0]
-	a.free = a.free[1:]
-	return id, nil
 }
 
 // resolveSnapshotSQL lists the state of snapshot $2 (as type, state_key,
