@@ -365,6 +365,22 @@ func (s *Service) visibilityFor(ctx context.Context, user id.UserID, roomID id.R
 	return v, membership, nil
 }
 
+// Visibility applies the history visibility rules for one reader of one
+// room, reading state snapshots through a function the caller chooses (so
+// /sync can answer from its own read snapshot).
+type Visibility struct{ v *visibility }
+
+// NewVisibility builds a checker. joined: the reader is joined as of the
+// read. joinedUntil: for a reader not joined, the stream position of the
+// event that took them out of join (0: they never were). snapshot returns
+// history_visibility and the reader's membership in a state snapshot.
+func NewVisibility(user id.UserID, joined bool, joinedUntil int64, snapshot func(snap int64) (hv, membership string, err error)) *Visibility {
+	return &Visibility{&visibility{user: user, joined: joined, joinedUntil: joinedUntil, cache: map[int64][2]string{}, snapGet: snapshot}}
+}
+
+// Allowed reports whether the reader may see e.
+func (v *Visibility) Allowed(e *Event) (bool, error) { return v.v.allowed(e) }
+
 // VisibleTo keeps the events (all of roomID) that user may see under the
 // room's history visibility, in order. A user who may not read the room
 // at all gets none.

@@ -804,7 +804,13 @@ func (r *Rooms) StateAt(ctx context.Context, roomID id.RoomID, eventID id.EventI
 }
 
 func (r *Rooms) SnapshotVisibility(ctx context.Context, snapshot int64, user id.UserID) (string, string, error) {
-	rows, err := r.db.pool.Query(ctx, `SELECT s.type, e.pdu::text FROM (`+resolveSnapshotSQL+`) s JOIN events e ON e.event_id = s.event_id
+	return snapshotVisibility(ctx, r.db.pool, snapshot, user)
+}
+
+// snapshotVisibility reads history_visibility and user's membership in a
+// state snapshot.
+func snapshotVisibility(ctx context.Context, q querier, snapshot int64, user id.UserID) (string, string, error) {
+	rows, err := q.Query(ctx, `SELECT s.type, e.pdu::text FROM (`+resolveSnapshotSQL+`) s JOIN events e ON e.event_id = s.event_id
 		WHERE (s.type = 'm.room.history_visibility' AND s.state_key = '') OR (s.type = 'm.room.member' AND s.state_key = $1)`,
 		string(user), snapshot)
 	if err != nil {

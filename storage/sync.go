@@ -45,6 +45,10 @@ func (r *syncReader) MemberEvents(user id.UserID, at int64) ([]*room.Event, erro
 		ORDER BY e.stream_pos`, string(user), at))
 }
 
+func (r *syncReader) SnapshotVisibility(snapshot int64, user id.UserID) (string, string, error) {
+	return snapshotVisibility(r.ctx, r.tx, snapshot, user)
+}
+
 func (r *syncReader) Timeline(roomID id.RoomID, from, to int64, limit int) ([]*room.Event, error) {
 	return collectEvents(r.tx.Query(r.ctx, `SELECT `+eventColumns+` FROM events e JOIN rooms r USING (room_id)
 		WHERE e.room_id = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3 AND NOT e.rejected

@@ -25,6 +25,9 @@ type Reader interface {
 	// MemberEvents returns the user's newest member event in each room,
 	// among those at or below at.
 	MemberEvents(user id.UserID, at int64) ([]*room.Event, error)
+	// SnapshotVisibility returns history_visibility and the user's
+	// membership in a state snapshot.
+	SnapshotVisibility(snapshot int64, user id.UserID) (hv, membership string, err error)
 	// Timeline returns up to limit of the room's newest events with
 	// positions in (from, to], newest first.
 	Timeline(roomID id.RoomID, from, to int64, limit int) ([]*room.Event, error)

@@ -317,6 +317,25 @@ func accountDataEvent(a AccountData) json.RawMessage {
 	return ev
 }
 
+// visibility is the user's history-visibility checker for member's room,
+// read from this response's snapshot. member is the user's newest member
+// event as of the response.
+func (b *builder) visibility(member *room.Event) (*room.Visibility, error) {
+	snap := func(s int64) (string, string, error) { return b.rd.SnapshotVisibility(s, b.req.User) }
+	joined := membershipOf(member) == "join"
+	var until int64
+	if !joined {
+		_, before, err := snap(member.StateBefore)
+		if err != nil {
+			return nil, fmt.Errorf("history visibility: %w", err)
+		}
+		if before == "join" {
+			until = member.StreamPos
+		}
+	}
+	return room.NewVisibility(b.req.User, joined, until, snap), nil
+}
+
 // maxTimelinePages bounds how far back a filtered timeline looks for
 // matching events (pages of the filter's limit, at least 50 events).
 const maxTimelinePages = 10
@@ -326,7 +345,13 @@ const maxTimelinePages = 10
 // older matching ones were left out (or may have been: when the pages run
 // out before reaching from, the timeline is limited, so that the client
 // pages back with prev_batch instead of silently missing events).
-func (b *builder) timeline(roomID id.RoomID, from, to int64, visibleFrom int64) ([]*room.Event, bool, error) {
+func (b *builder) timeline(member *room.Event, from, to int64) ([]*room.Event, bool, error) {
+	roomID := member.RoomID
+	joined := membershipOf(member) == "join"
+	vis, err := b.visibility(member)
+	if err != nil {
+		return nil, false, err
+	}
 	limit := b.f.timelineLimit()
 	page := max(limit+1, 50)
 	var out []*room.Event
@@ -342,24 +367,22 @@ func (b *builder) timeline(roomID id.RoomID, from, to int64, visibleFrom int64) 
 		}
 		// Events at or after the user's own join are visible to them;
 		// older ones follow the room's history visibility.
-		var check []*room.Event
-		for _, e := range evs {
-			if e.StreamPos < visibleFrom {
-				check = append(check, e)
-			}
-		}
 		hidden := map[id.EventID]bool{}
-		if len(check) > 0 {
-			ok, err := b.s.rooms.VisibleTo(b.ctx, b.req.User, roomID, check)
+		for _, e := range evs {
+			if joined && e.StreamPos >= member.StreamPos {
+				continue
+			}
+			// The user's own membership changes are about them: they
+			// always see them, or a refused knock or a kick would leave
+			// the room without saying why.
+			if p := e.PDU; p.Type == "m.room.member" && p.StateKey != nil && *p.StateKey == string(b.req.User) {
+				continue
+			}
+			ok, err := vis.Allowed(e)
 			if err != nil {
-				return nil, false, err
+				return nil, false, fmt.Errorf("history visibility: %w", err)
 			}
-			for _, e := range check {
-				hidden[e.ID] = true
-			}
-			for _, e := range ok {
-				delete(hidden, e.ID)
-			}
+			hidden[e.ID] = !ok
 		}
 		for _, e := range evs {
 			if hidden[e.ID] || !b.f.timelineMatch(e) {
@@ -386,7 +409,7 @@ func (b *builder) timeline(roomID id.RoomID, from, to int64, visibleFrom int64) 
 func (b *builder) joinedRoom(member *room.Event, roomSince int64) (*JoinedRoom, error) {
 	roomID := member.RoomID
 	full := roomSince == 0 || b.req.FullState
-	tl, limited, err := b.timeline(roomID, roomSince, b.to.Pos, member.StreamPos)
+	tl, limited, err := b.timeline(member, roomSince, b.to.Pos)
 	if err != nil {
 		return nil, err
 	}
@@ -475,7 +498,7 @@ func (b *builder) lazyMembers(tl []*room.Event) *[]id.UserID {
 // that took the user out.
 func (b *builder) leftRoom(member *room.Event) (*LeftRoom, error) {
 	roomID := member.RoomID
-	tl, limited, err := b.timeline(roomID, b.sincePos(), member.StreamPos, 0)
+	tl, limited, err := b.timeline(member, b.sincePos(), member.StreamPos)
 	if err != nil {
 		return nil, err
 	}

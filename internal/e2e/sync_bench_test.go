@@ -121,6 +121,7 @@ func BenchmarkSyncFanout(b *testing.B) {
 	}
 	roomID := roomResp.RoomID
 	parallel(b, users-1, func(i int) error { _, err := clients[i+1].JoinRoomByID(ctx, roomID); return err })
+	b.Logf("%d users joined", users)
 	// Every user's other devices.
 	tokens := make([]string, users*devicesPerUser)
 	parallel(b, len(tokens), func(i int) error {
@@ -139,6 +140,7 @@ func BenchmarkSyncFanout(b *testing.B) {
 		return nil
 	})
 
+	b.Logf("%d devices logged in", len(tokens))
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * len(tokens)}}
 	filter := `{"room":{"timeline":{"limit":20}},"presence":{"types":[]}}`
 	// received[m][d] is when device d got message m.
@@ -194,6 +196,7 @@ func BenchmarkSyncFanout(b *testing.B) {
 		})
 	}
 	ready.Wait()
+	b.Logf("%d devices synced", len(tokens))
 	time.Sleep(500 * time.Millisecond) // let every device start its long-poll
 	sender := clients[0]
 	sent := make([]time.Time, n)
