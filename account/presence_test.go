@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/account"
+	"github.com/weftchat/weft/syncapi"
 )
 
 // streamLog records what the stream listener is told.
@@ -17,7 +18,7 @@ type streamLog struct {
 	users []id.UserID
 }
 
-func (l *streamLog) listen(_ int64, _ []id.RoomID, users []id.UserID) {
+func (l *streamLog) listen(_ int64, _ syncapi.Kind, _ []id.RoomID, users []id.UserID) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.users = append(l.users, users...)

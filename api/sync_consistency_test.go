@@ -49,7 +49,7 @@ func syncStack(t *testing.T) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.Committed(pos, nil, nil)
+	n.Start(pos)
 	syncs := syncapi.New(syncapi.Config{
 		LoadFilter: func(ctx context.Context, user id.UserID, filterID string) (json.RawMessage, error) {
 			return accounts.Filter(ctx, &account.Requester{UserID: user}, user, filterID)

@@ -14,6 +14,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/account"
+	"github.com/weftchat/weft/syncapi"
 )
 
 // Accounts implements account.Store.
@@ -404,7 +405,7 @@ func escapeLike(s string) string {
 
 func (a *Accounts) SetAccountData(ctx context.Context, userID id.UserID, roomID id.RoomID, typ string, content json.RawMessage) (int64, error) {
 	var pos int64
-	err := a.db.inStreamTx(ctx, nil, []id.UserID{userID}, func(tx pgx.Tx, next func() (int64, error)) error {
+	err := a.db.inStreamTx(ctx, syncapi.KindAccountData, nil, []id.UserID{userID}, func(tx pgx.Tx, next func() (int64, error)) error {
 		var err error
 		if pos, err = next(); err != nil {
 			return err

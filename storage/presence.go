@@ -9,6 +9,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/account"
+	"github.com/weftchat/weft/syncapi"
 )
 
 var _ account.PresenceStore = (*Accounts)(nil)
@@ -55,7 +56,7 @@ func (a *Accounts) SetPresence(ctx context.Context, u account.PresenceUpdate) er
 	if err != nil {
 		return err
 	}
-	return a.db.inStreamTx(ctx, rooms, []id.UserID{u.UserID}, func(tx pgx.Tx, next func() (int64, error)) error {
+	return a.db.inStreamTx(ctx, syncapi.KindPresence, rooms, []id.UserID{u.UserID}, func(tx pgx.Tx, next func() (int64, error)) error {
 		pos, err := next()
 		if err != nil {
 			return err
@@ -110,7 +111,7 @@ func (a *Accounts) ExpirePresence(ctx context.Context, idleBefore, offlineBefore
 	// The candidates are checked again under their row locks: one that
 	// synced meanwhile is left alone (its rooms are woken for nothing).
 	// All changes share one position: they commit together.
-	err = a.db.inStreamTx(ctx, rooms, ids, func(tx pgx.Tx, next func() (int64, error)) error {
+	err = a.db.inStreamTx(ctx, syncapi.KindPresence, rooms, ids, func(tx pgx.Tx, next func() (int64, error)) error {
 		pos, err := next()
 		if err != nil {
 			return err

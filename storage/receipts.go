@@ -11,6 +11,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/room"
+	"github.com/weftchat/weft/syncapi"
 )
 
 var _ room.ReceiptStore = (*Rooms)(nil)
@@ -41,7 +42,7 @@ func (r *Rooms) PutReadMarks(ctx context.Context, m room.ReadMarks) error {
 			rooms = []id.RoomID{m.RoomID}
 		}
 	}
-	err := r.db.inStreamTx(ctx, rooms, []id.UserID{m.UserID}, func(tx pgx.Tx, next func() (int64, error)) error {
+	err := r.db.inStreamTx(ctx, syncapi.KindReceipts|syncapi.KindAccountData, rooms, []id.UserID{m.UserID}, func(tx pgx.Tx, next func() (int64, error)) error {
 		pos, err := next()
 		if err != nil {
 			return err

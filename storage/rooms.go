@@ -16,6 +16,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/room"
+	"github.com/weftchat/weft/syncapi"
 )
 
 // Rooms implements room.Store.
@@ -153,6 +154,7 @@ type jobState struct {
 
 func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 	var done *batchTx
+	var ticket *streamTicket
 	err := r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		b := &batchTx{ctx: ctx, s: newStream(tx), rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus, heads: r.heads,
 			ids: r.snapIDs, jobs: map[int]*jobState{}, appended: map[id.RoomID]bool{}}
@@ -160,9 +162,15 @@ func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 			return err
 		}
 		done = b
+		if len(b.positions) > 0 {
+			ticket = r.db.gate.take() // the stream lock is held: COMMIT follows
+		}
 		return nil
 	})
 	if err != nil || done == nil {
+		if ticket != nil {
+			r.db.resolve(ticket, nil)
+		}
 		return err
 	}
 	// Committed: what the batch knows of each room's state is now true.
@@ -179,8 +187,12 @@ func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 	for _, p := range done.positions {
 		maxPos = max(maxPos, *p)
 	}
-	if maxPos > 0 {
-		r.db.streamCommitted(maxPos, rooms, done.members)
+	if ticket != nil {
+		var note *streamNote
+		if maxPos > 0 {
+			note = &streamNote{pos: maxPos, kinds: syncapi.KindEvents, rooms: rooms, users: done.members}
+		}
+		r.db.resolve(ticket, note)
 	}
 	return nil
 }

@@ -21,6 +21,7 @@ type DB struct {
 	log  *slog.Logger
 	// listener is told of stream commits (stream.go).
 	listener atomic.Pointer[StreamListener]
+	gate     streamGate
 }
 
 // Options tunes the pool.

@@ -2,9 +2,7 @@ package storage
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"maunium.net/go/mautrix/federation/pdu"
@@ -24,12 +22,16 @@ var _ syncapi.Store = (*Sync)(nil)
 
 func (s *Sync) MaxStreamPos(ctx context.Context) (int64, error) { return s.db.MaxStreamPos(ctx) }
 
-// Snapshot runs fn in one REPEATABLE READ, READ ONLY transaction.
-func (s *Sync) Snapshot(ctx context.Context, fn func(syncapi.Reader) error) error {
-	return s.db.inTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		return fn(&syncReader{ctx: ctx, tx: tx})
-	})
+// Snapshot opens one REPEATABLE READ, READ ONLY transaction.
+func (s *Sync) Snapshot(ctx context.Context) (syncapi.Snapshot, error) {
+	tx, err := s.db.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("opening the sync snapshot: %w", err)
+	}
+	return &syncReader{ctx: ctx, tx: tx}, nil
 }
+
+func (r *syncReader) Close() { _ = r.tx.Rollback(context.WithoutCancel(r.ctx)) }
 
 type syncReader struct {
 	ctx context.Context
@@ -55,143 +57,58 @@ func (r *syncReader) Timeline(roomID id.RoomID, from, to int64, limit int) ([]*r
 		ORDER BY e.stream_pos DESC LIMIT $4`, roomID, from, to, limit))
 }
 
-// stateIDsAt resolves the room's state after every event at or below pos:
+// StateIDs resolves the room's state after every event at or below pos:
 // the snapshot before the newest such event, plus that event if it is
-// state.
-func (r *syncReader) stateIDsAt(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.EventID, error) {
-	var (
-		lastID   id.EventID
-		snap     int64
-		typ      string
-		stateKey *string
-	)
-	err := r.tx.QueryRow(r.ctx, `SELECT event_id, state_before, type, state_key FROM events
-		WHERE room_id = $1 AND stream_pos <= $2 AND NOT rejected ORDER BY stream_pos DESC LIMIT 1`, roomID, pos).
-		Scan(&lastID, &snap, &typ, &stateKey)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return map[pdu.StateKey]id.EventID{}, nil
-	} else if err != nil {
-		return nil, fmt.Errorf("finding the room's last event: %w", err)
-	}
-	rows, err := r.tx.Query(r.ctx, `SELECT type, state_key, event_id FROM (`+resolveSnapshotSQL+`) s WHERE $1::text <> ''`, roomID, snap)
+// state. One statement.
+func (r *syncReader) StateIDs(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.EventID, error) {
+	rows, err := r.tx.Query(r.ctx, `
+		WITH RECURSIVE last AS (
+			SELECT event_id, state_before, type, state_key FROM events
+			WHERE room_id = $1 AND stream_pos <= $2 AND NOT rejected ORDER BY stream_pos DESC LIMIT 1
+		), chain(snapshot_id, parent_id, lvl) AS (
+			SELECT s.snapshot_id, s.parent_id, 0 FROM state_snapshots s JOIN last ON s.snapshot_id = last.state_before
+			UNION ALL
+			SELECT s.snapshot_id, s.parent_id, c.lvl + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_id = c.parent_id
+		)
+		SELECT type, state_key, event_id, false FROM (
+			SELECT DISTINCT ON (e.type, e.state_key) e.type, e.state_key, e.event_id
+			FROM chain c JOIN state_snapshot_entries e USING (snapshot_id)
+			ORDER BY e.type, e.state_key, c.lvl
+		) s
+		UNION ALL
+		SELECT type, state_key, event_id, true FROM last WHERE state_key IS NOT NULL`, roomID, pos)
 	if err != nil {
 		return nil, fmt.Errorf("resolving state: %w", err)
 	}
 	defer rows.Close()
 	state := map[pdu.StateKey]id.EventID{}
+	var lastKey *pdu.StateKey
+	var lastID id.EventID
 	for rows.Next() {
 		var k pdu.StateKey
 		var eid id.EventID
-		if err := rows.Scan(&k.Type, &k.StateKey, &eid); err != nil {
+		var isLast bool
+		if err := rows.Scan(&k.Type, &k.StateKey, &eid, &isLast); err != nil {
 			return nil, err
+		}
+		if isLast {
+			lastKey, lastID = &k, eid
+			continue
 		}
 		state[k] = eid
 	}
-	if err := rows.Err(); err != nil {
-		return nil, err
+	if lastKey != nil {
+		state[*lastKey] = lastID // the newest event replaces its key
 	}
-	if stateKey != nil {
-		state[pdu.StateKey{Type: typ, StateKey: *stateKey}] = lastID
-	}
-	return state, nil
+	return state, rows.Err()
 }
 
-// keep applies the lazy-loading member restriction.
-func keep(k pdu.StateKey, members *[]id.UserID) bool {
-	return members == nil || k.Type != "m.room.member" || slices.Contains(*members, id.UserID(k.StateKey))
-}
-
-func (r *syncReader) loadEvents(ids []string) ([]*room.Event, error) {
+func (r *syncReader) Events(ids []id.EventID) ([]*room.Event, error) {
 	if len(ids) == 0 {
-		return []*room.Event{}, nil
+		return nil, nil
 	}
 	return collectEvents(r.tx.Query(r.ctx, `SELECT `+eventColumns+` FROM events e JOIN rooms r USING (room_id)
-		WHERE e.event_id = ANY($1) ORDER BY e.stream_pos`, ids))
-}
-
-func (r *syncReader) StateAt(roomID id.RoomID, pos int64, members *[]id.UserID) ([]*room.Event, error) {
-	state, err := r.stateIDsAt(roomID, pos)
-	if err != nil {
-		return nil, err
-	}
-	var ids []string
-	for k, eid := range state {
-		if keep(k, members) {
-			ids = append(ids, string(eid))
-		}
-	}
-	return r.loadEvents(ids)
-}
-
-func (r *syncReader) StateDelta(roomID id.RoomID, since, pos int64, members *[]id.UserID) ([]*room.Event, error) {
-	before, err := r.stateIDsAt(roomID, since)
-	if err != nil {
-		return nil, err
-	}
-	after, err := r.stateIDsAt(roomID, pos)
-	if err != nil {
-		return nil, err
-	}
-	var ids []string
-	for k, eid := range after {
-		if before[k] != eid && keep(k, members) {
-			ids = append(ids, string(eid))
-		}
-	}
-	return r.loadEvents(ids)
-}
-
-func (r *syncReader) Summary(roomID id.RoomID, pos int64, self id.UserID) (syncapi.Summary, error) {
-	state, err := r.stateIDsAt(roomID, pos)
-	if err != nil {
-		return syncapi.Summary{}, err
-	}
-	var ids []string
-	for k, eid := range state {
-		if k.Type == "m.room.member" {
-			ids = append(ids, string(eid))
-		}
-	}
-	rows, err := r.tx.Query(r.ctx, `SELECT state_key, pdu->'content'->>'membership' FROM events
-		WHERE event_id = ANY($1) ORDER BY stream_pos`, ids)
-	if err != nil {
-		return syncapi.Summary{}, fmt.Errorf("reading members: %w", err)
-	}
-	defer rows.Close()
-	var sum syncapi.Summary
-	var gone []id.UserID
-	for rows.Next() {
-		var user id.UserID
-		var membership *string
-		if err := rows.Scan(&user, &membership); err != nil {
-			return sum, err
-		}
-		m := ""
-		if membership != nil {
-			m = *membership
-		}
-		switch m {
-		case "join":
-			sum.Joined++
-		case "invite":
-			sum.Invited++
-		}
-		if user == self {
-			continue
-		}
-		switch m {
-		case "join", "invite":
-			if len(sum.Heroes) < 5 {
-				sum.Heroes = append(sum.Heroes, user)
-			}
-		case "leave", "ban":
-			gone = append(gone, user)
-		}
-	}
-	if len(sum.Heroes) == 0 && len(gone) > 0 {
-		sum.Heroes = gone[:min(len(gone), 5)]
-	}
-	return sum, rows.Err()
+		WHERE e.event_id = ANY($1)`, ids))
 }
 
 func (r *syncReader) AccountData(user id.UserID, since, to int64) ([]syncapi.AccountData, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 
+	"maunium.net/go/mautrix/federation/pdu"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/room"
@@ -11,17 +12,21 @@ import (
 
 // Store is what /sync reads. Storage implements it.
 type Store interface {
-	// Snapshot runs fn in one REPEATABLE READ, READ ONLY transaction, so
-	// every read of one response sees the same database.
-	Snapshot(ctx context.Context, fn func(Reader) error) error
+	// Snapshot opens one REPEATABLE READ, READ ONLY transaction: every
+	// read of one response that goes to the database sees the same
+	// database. Close ends it.
+	Snapshot(ctx context.Context) (Snapshot, error)
 	// MaxStreamPos is the highest committed stream position (at start).
 	MaxStreamPos(ctx context.Context) (int64, error)
 }
 
-// Reader reads the stream inside one snapshot. Every method takes explicit
-// stream positions: the snapshot may already hold commits above the
-// response's upper bound, and those must wait for the next response.
-type Reader interface {
+// Snapshot reads the stream inside one read transaction. Every method
+// takes explicit stream positions: the snapshot may already hold commits
+// above the response's upper bound, and those must wait for the next
+// response. What a method returns for positions at or below a committed
+// position never changes (events are immutable; only their redaction mark
+// is set later), which is what lets /sync share results between requests.
+type Snapshot interface {
 	// MemberEvents returns the user's newest member event in each room,
 	// among those at or below at.
 	MemberEvents(user id.UserID, at int64) ([]*room.Event, error)
@@ -31,16 +36,11 @@ type Reader interface {
 	// Timeline returns up to limit of the room's newest events with
 	// positions in (from, to], newest first.
 	Timeline(roomID id.RoomID, from, to int64, limit int) ([]*room.Event, error)
-	// StateAt returns the room's state after every event at or below pos.
-	// With members set, member events are limited to those users.
-	StateAt(roomID id.RoomID, pos int64, members *[]id.UserID) ([]*room.Event, error)
-	// StateDelta returns the state entries at pos that differ from those
-	// at since (new or replaced keys), limited like StateAt.
-	StateDelta(roomID id.RoomID, since, pos int64, members *[]id.UserID) ([]*room.Event, error)
-	// Summary counts joined and invited members at pos and lists up to
-	// five heroes other than self (joined or invited first, in stream
-	// order; else those who left or were banned).
-	Summary(roomID id.RoomID, pos int64, self id.UserID) (Summary, error)
+	// StateIDs resolves the room's state after every event at or below
+	// pos, as event IDs.
+	StateIDs(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.EventID, error)
+	// Events loads events by ID (unknown ones are left out).
+	Events(ids []id.EventID) ([]*room.Event, error)
 	// AccountData lists the user's account data changed in (since, to].
 	AccountData(user id.UserID, since, to int64) ([]AccountData, error)
 	// Receipts lists the receipts in rooms changed in (since, to].
@@ -48,6 +48,8 @@ type Reader interface {
 	// Presence lists the presence, changed in (since, to], of the user
 	// and of the users sharing a joined room with them.
 	Presence(user id.UserID, since, to int64) ([]Presence, error)
+	// Close ends the transaction.
+	Close()
 }
 
 // Summary is a room's m.room summary numbers.

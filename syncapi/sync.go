@@ -43,6 +43,7 @@ type Service struct {
 	// stopping is closed at shutdown: long-polls answer at once so the
 	// HTTP server can drain.
 	stopping chan struct{}
+	cache    *caches
 }
 
 // New builds the sync service around a notifier fed by storage.
@@ -50,7 +51,7 @@ func New(cfg Config, store Store, rooms *room.Service, n *Notifier, log *slog.Lo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{cfg: cfg, store: store, rooms: rooms, n: n, typing: newTyping(n), log: log, now: time.Now, stopping: make(chan struct{})}
+	return &Service{cfg: cfg, store: store, rooms: rooms, n: n, typing: newTyping(n), log: log, now: time.Now, stopping: make(chan struct{}), cache: newCaches()}
 }
 
 // Stop answers every waiting and future long-poll at once (shutdown).
@@ -180,14 +181,15 @@ func (s *Service) filter(ctx context.Context, req Request) (*filter, error) {
 	return newFilter(&mf)
 }
 
-// read builds the response for (since, to] from one snapshot.
+// read builds the response for (since, to]. Whatever it reads from the
+// database comes from one snapshot, opened only if the caches and the
+// notifier cannot answer.
 func (s *Service) read(ctx context.Context, req Request, f *filter, since *Token, to Token) (*Response, error) {
 	resp := &Response{NextBatch: to.String()}
-	err := s.store.Snapshot(ctx, func(rd Reader) error {
-		b := &builder{s: s, ctx: ctx, rd: rd, req: req, f: f, since: since, to: to, resp: resp}
-		return b.build()
-	})
-	if err != nil {
+	rd := &reader{s: s, ctx: ctx}
+	defer rd.close()
+	b := &builder{s: s, ctx: ctx, rd: rd, req: req, f: f, since: since, to: to, resp: resp}
+	if err := b.build(); err != nil {
 		return nil, err
 	}
 	return resp, nil
@@ -197,7 +199,7 @@ func (s *Service) read(ctx context.Context, req Request, f *filter, since *Token
 type builder struct {
 	s     *Service
 	ctx   context.Context
-	rd    Reader
+	rd    *reader
 	req   Request
 	f     *filter
 	since *Token
@@ -577,7 +579,7 @@ func (b *builder) ephemeral(roomID id.RoomID, roomSince int64) ([]json.RawMessag
 		}
 	}
 	if b.f.ephemeralAllowed("m.receipt", roomID) {
-		receipts, err := b.rd.Receipts([]id.RoomID{roomID}, roomSince, b.to.Pos)
+		receipts, err := b.rd.Receipts(b.req.User, []id.RoomID{roomID}, roomSince, b.to.Pos)
 		if err != nil {
 			return nil, err
 		}

@@ -56,7 +56,7 @@ func newSync(ctx context.Context, db *storage.DB, accounts *account.Service, roo
 	if err != nil {
 		return nil, fmt.Errorf("reading the stream position: %w", err)
 	}
-	n.Committed(pos, nil, nil)
+	n.Start(pos)
 	return syncapi.New(syncapi.Config{
 		LoadFilter: func(ctx context.Context, user id.UserID, filterID string) (json.RawMessage, error) {
 			return accounts.Filter(ctx, &account.Requester{UserID: user}, user, filterID)

@@ -1,0 +1,286 @@
+package syncapi
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"maunium.net/go/mautrix/federation/pdu"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/weftchat/weft/room"
+)
+
+// caches are the memos shared by all /sync requests. Everything in them is
+// keyed by stream positions, so it is the same in any snapshot that holds
+// those positions. The one thing that changes after the fact is an event's
+// redaction mark: a cached event may show unredacted content for up to the
+// event TTL, while the redaction event itself is in the same timelines.
+type caches struct {
+	timelines *memo[timelineKey, []*room.Event]
+	state     *memo[stateKey, map[pdu.StateKey]id.EventID]
+	events    *memo[id.EventID, *room.Event]
+	members   *memo[memberKey, []*room.Event]
+}
+
+type timelineKey struct {
+	room     id.RoomID
+	from, to int64
+	limit    int
+}
+
+type stateKey struct {
+	room id.RoomID
+	pos  int64
+}
+
+type memberKey struct {
+	user id.UserID
+	at   int64
+}
+
+func newCaches() *caches {
+	return &caches{
+		timelines: newMemo[timelineKey, []*room.Event](10*time.Second, 20_000),
+		state:     newMemo[stateKey, map[pdu.StateKey]id.EventID](30*time.Second, 2_000),
+		events:    newMemo[id.EventID, *room.Event](10*time.Second, 100_000),
+		members:   newMemo[memberKey, []*room.Event](30*time.Second, 50_000),
+	}
+}
+
+// reader is what one response reads through: the shared caches first,
+// the notifier to skip reads of what cannot have changed, and the
+// database snapshot, opened on the first read that needs it.
+type reader struct {
+	s    *Service
+	ctx  context.Context
+	snap Snapshot
+}
+
+func (r *reader) db() (Snapshot, error) {
+	if r.snap == nil {
+		snap, err := r.s.store.Snapshot(r.ctx)
+		if err != nil {
+			return nil, err
+		}
+		r.snap = snap
+	}
+	return r.snap, nil
+}
+
+func (r *reader) close() {
+	if r.snap != nil {
+		r.snap.Close()
+	}
+}
+
+// MemberEvents is the user's newest member event per room at or below at.
+// Unless the user's membership changed after the notifier started, the
+// answer is the same for every position since their last member event, so
+// it is cached under that position.
+func (r *reader) MemberEvents(user id.UserID, at int64) ([]*room.Event, error) {
+	last := r.s.n.userLastChange(user, KindEvents)
+	if at < last {
+		db, err := r.db()
+		if err != nil {
+			return nil, err
+		}
+		return db.MemberEvents(user, at)
+	}
+	return r.s.cache.members.get(memberKey{user, last}, func() ([]*room.Event, error) {
+		db, err := r.db()
+		if err != nil {
+			return nil, err
+		}
+		return db.MemberEvents(user, at)
+	})
+}
+
+func (r *reader) SnapshotVisibility(snapshot int64, user id.UserID) (string, string, error) {
+	db, err := r.db()
+	if err != nil {
+		return "", "", err
+	}
+	return db.SnapshotVisibility(snapshot, user)
+}
+
+// Timeline: nothing when the notifier knows the room had no events in the
+// window, else cached.
+func (r *reader) Timeline(roomID id.RoomID, from, to int64, limit int) ([]*room.Event, error) {
+	if !r.s.n.roomChangedAfter(roomID, KindEvents, from) {
+		return nil, nil
+	}
+	return r.s.cache.timelines.get(timelineKey{roomID, from, to, limit}, func() ([]*room.Event, error) {
+		db, err := r.db()
+		if err != nil {
+			return nil, err
+		}
+		return db.Timeline(roomID, from, to, limit)
+	})
+}
+
+func (r *reader) stateIDs(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.EventID, error) {
+	return r.s.cache.state.get(stateKey{roomID, pos}, func() (map[pdu.StateKey]id.EventID, error) {
+		db, err := r.db()
+		if err != nil {
+			return nil, err
+		}
+		return db.StateIDs(roomID, pos)
+	})
+}
+
+// events loads events by ID through the event cache, in stream order.
+func (r *reader) events(ids []id.EventID) ([]*room.Event, error) {
+	out := make([]*room.Event, 0, len(ids))
+	var missing []id.EventID
+	for _, eid := range ids {
+		if e, ok := r.s.cache.events.peek(eid); ok {
+			out = append(out, e)
+		} else {
+			missing = append(missing, eid)
+		}
+	}
+	if len(missing) > 0 {
+		db, err := r.db()
+		if err != nil {
+			return nil, err
+		}
+		loaded, err := db.Events(missing)
+		if err != nil {
+			return nil, fmt.Errorf("loading events: %w", err)
+		}
+		for _, e := range loaded {
+			r.s.cache.events.put(e.ID, e)
+		}
+		out = append(out, loaded...)
+	}
+	slices.SortFunc(out, func(a, b *room.Event) int { return int(a.StreamPos - b.StreamPos) })
+	return out, nil
+}
+
+// keep applies the lazy-loading member restriction.
+func keep(k pdu.StateKey, members *[]id.UserID) bool {
+	return members == nil || k.Type != "m.room.member" || slices.Contains(*members, id.UserID(k.StateKey))
+}
+
+// StateAt is the room's state after every event at or below pos; with
+// members set, member events are limited to those users.
+func (r *reader) StateAt(roomID id.RoomID, pos int64, members *[]id.UserID) ([]*room.Event, error) {
+	state, err := r.stateIDs(roomID, pos)
+	if err != nil {
+		return nil, err
+	}
+	var ids []id.EventID
+	for k, eid := range state {
+		if keep(k, members) {
+			ids = append(ids, eid)
+		}
+	}
+	return r.events(ids)
+}
+
+// StateDelta is the state entries at pos that differ from those at since.
+func (r *reader) StateDelta(roomID id.RoomID, since, pos int64, members *[]id.UserID) ([]*room.Event, error) {
+	before, err := r.stateIDs(roomID, since)
+	if err != nil {
+		return nil, err
+	}
+	after, err := r.stateIDs(roomID, pos)
+	if err != nil {
+		return nil, err
+	}
+	var ids []id.EventID
+	for k, eid := range after {
+		if before[k] != eid && keep(k, members) {
+			ids = append(ids, eid)
+		}
+	}
+	return r.events(ids)
+}
+
+// Summary counts joined and invited members at pos and lists up to five
+// heroes other than self: joined or invited members in stream order, or,
+// when there are none, those who left or were banned.
+func (r *reader) Summary(roomID id.RoomID, pos int64, self id.UserID) (Summary, error) {
+	state, err := r.stateIDs(roomID, pos)
+	if err != nil {
+		return Summary{}, err
+	}
+	var ids []id.EventID
+	for k, eid := range state {
+		if k.Type == "m.room.member" {
+			ids = append(ids, eid)
+		}
+	}
+	members, err := r.events(ids)
+	if err != nil {
+		return Summary{}, err
+	}
+	var sum Summary
+	var gone []id.UserID
+	for _, e := range members {
+		user := id.UserID(*e.PDU.StateKey)
+		m := membershipOf(e)
+		switch m {
+		case "join":
+			sum.Joined++
+		case "invite":
+			sum.Invited++
+		}
+		if user == self {
+			continue
+		}
+		switch m {
+		case "join", "invite":
+			if len(sum.Heroes) < 5 {
+				sum.Heroes = append(sum.Heroes, user)
+			}
+		case "leave", "ban":
+			gone = append(gone, user)
+		}
+	}
+	if len(sum.Heroes) == 0 && len(gone) > 0 {
+		sum.Heroes = gone[:min(len(gone), 5)]
+	}
+	return sum, nil
+}
+
+// AccountData: nothing when the notifier knows the user's account data
+// did not change in the window.
+func (r *reader) AccountData(user id.UserID, since, to int64) ([]AccountData, error) {
+	if since > 0 && !r.s.n.userChangedAfter(user, KindAccountData, since) {
+		return nil, nil
+	}
+	db, err := r.db()
+	if err != nil {
+		return nil, err
+	}
+	return db.AccountData(user, since, to)
+}
+
+// Receipts of rooms in the window; skipped when the notifier knows none
+// of them (nor the user's own private ones) changed.
+func (r *reader) Receipts(user id.UserID, rooms []id.RoomID, since, to int64) ([]Receipt, error) {
+	if since > 0 && !r.s.n.userChangedAfter(user, KindReceipts, since) &&
+		!slices.ContainsFunc(rooms, func(rid id.RoomID) bool { return r.s.n.roomChangedAfter(rid, KindReceipts, since) }) {
+		return nil, nil
+	}
+	db, err := r.db()
+	if err != nil {
+		return nil, err
+	}
+	return db.Receipts(rooms, since, to)
+}
+
+// Presence in the window; skipped when no presence changed.
+func (r *reader) Presence(user id.UserID, since, to int64) ([]Presence, error) {
+	if since > 0 && !r.s.n.presenceChangedAfter(since) {
+		return nil, nil
+	}
+	db, err := r.db()
+	if err != nil {
+		return nil, err
+	}
+	return db.Presence(user, since, to)
+}
