@@ -114,6 +114,42 @@ type presenceTracker struct {
 	mu      sync.Mutex
 	times   *PresenceTimes
 	syncing map[id.UserID]*inflight
+	// confirmed remembers, per user, the state a /sync found or wrote and
+	// until when that needs no second look: without it every /sync of
+	// every device would read the presence row. It is only a shortcut:
+	// the timer (or another process) may change the row meanwhile, and
+	// the next look after the deadline sets it right.
+	confirmed map[id.UserID]confirmedPresence
+}
+
+type confirmedPresence struct {
+	state string
+	until time.Time
+}
+
+// fresh reports whether user's presence was confirmed as state recently.
+func (p *presenceTracker) fresh(user id.UserID, state string, now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.confirmed[user]
+	return ok && c.state == state && now.Before(c.until)
+}
+
+// forget drops what confirm recorded for user.
+func (p *presenceTracker) forget(user id.UserID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.confirmed, user)
+}
+
+// confirm records that user's presence row holds state, fresh for d.
+func (p *presenceTracker) confirm(user id.UserID, state string, now time.Time, d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.confirmed == nil || len(p.confirmed) > 100_000 {
+		p.confirmed = map[id.UserID]confirmedPresence{}
+	}
+	p.confirmed[user] = confirmedPresence{state: state, until: now.Add(d)}
 }
 
 type inflight struct{ online, other int }
@@ -266,6 +302,7 @@ func (s *Service) SetPresence(ctx context.Context, r *Requester, target id.UserI
 	if err != nil {
 		return fmt.Errorf("storing presence: %w", err)
 	}
+	s.presence.forget(target) // the next /sync looks at the row again
 	return nil
 }
 
@@ -281,7 +318,7 @@ func (s *Service) SetPresence(ctx context.Context, r *Requester, target id.UserI
 //   - unavailable: the user is connected but idle: the state is set, the
 //     activity time is not bumped (the spec counts only going online as a
 //     pro-active event).
-func (s *Service) SyncPresence(ctx context.Context, user id.UserID, state string) error {
+func (s *Service) SyncPresence(ctx context.Context, user id.UserID, state string) (err error) {
 	if state == "" {
 		state = PresenceOnline
 	}
@@ -299,7 +336,18 @@ func (s *Service) SyncPresence(ctx context.Context, user id.UserID, state string
 	s.presence.begin(user, online)
 	context.AfterFunc(ctx, func() { s.presence.end(user, online) })
 
-	now := s.now().UnixMilli()
+	clock := s.now()
+	now := clock.UnixMilli()
+	// A row confirmed within half the write granularity needs neither a
+	// read nor a refresh yet.
+	if s.presence.fresh(user, state, clock) {
+		return nil
+	}
+	defer func() {
+		if err == nil {
+			s.presence.confirm(user, state, clock, s.presence.get().granularity()/2)
+		}
+	}()
 	cur, err := ps.Presence(ctx, user)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("loading presence: %w", err)

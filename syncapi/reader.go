@@ -22,6 +22,11 @@ type caches struct {
 	state     *memo[stateKey, map[pdu.StateKey]id.EventID]
 	events    *memo[id.EventID, *room.Event]
 	members   *memo[memberKey, []*room.Event]
+	// joined is each user's joined rooms, keyed by the position of their
+	// last membership change (see Service.joinedRooms).
+	joined *memo[memberKey, []id.RoomID]
+	// filters are parsed sync filters.
+	filters *memo[filterKey, *filter]
 }
 
 type timelineKey struct {
@@ -46,6 +51,8 @@ func newCaches() *caches {
 		state:     newMemo[stateKey, map[pdu.StateKey]id.EventID](30*time.Second, 2_000),
 		events:    newMemo[id.EventID, *room.Event](10*time.Second, 100_000),
 		members:   newMemo[memberKey, []*room.Event](30*time.Second, 50_000),
+		joined:    newMemo[memberKey, []id.RoomID](30*time.Second, 50_000),
+		filters:   newMemo[filterKey, *filter](10*time.Minute, 10_000),
 	}
 }
 

@@ -124,7 +124,7 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 	defer timer.Stop()
 	seen := *since
 	for {
-		joined, err := s.rooms.JoinedRooms(ctx, req.User)
+		joined, err := s.joinedRooms(ctx, req.User)
 		if err != nil {
 			return nil, fmt.Errorf("listing joined rooms: %w", err)
 		}
@@ -156,8 +156,35 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 	}
 }
 
-// filter loads the request's filter: inline JSON or a stored filter ID.
+// joinedRooms lists the rooms a waiting request listens on. The list only
+// changes with the user's member events, which the notifier tracks, so it
+// is cached under the position of the last one: the key is taken before
+// the read, and a read can only be newer than its key, never older.
+func (s *Service) joinedRooms(ctx context.Context, user id.UserID) ([]id.RoomID, error) {
+	key := memberKey{user, s.n.userLastChange(user, KindEvents)}
+	// Loads are shared, so one client going away must not fail the others'.
+	ctx = context.WithoutCancel(ctx)
+	return s.cache.joined.get(key, func() ([]id.RoomID, error) { return s.rooms.JoinedRooms(ctx, user) })
+}
+
+// filterKey names a parsed filter in the cache: stored filters never
+// change, and an inline filter is its own text.
+type filterKey struct {
+	user id.UserID // for a stored filter; "" inline
+	text string
+}
+
+// filter loads the request's filter (inline JSON or a stored filter ID),
+// parsed once and then cached: clients send the same one on every /sync.
 func (s *Service) filter(ctx context.Context, req Request) (*filter, error) {
+	key := filterKey{text: req.Filter}
+	if !strings.HasPrefix(strings.TrimSpace(req.Filter), "{") {
+		key.user = req.User
+	}
+	return s.cache.filters.get(key, func() (*filter, error) { return s.parseFilter(context.WithoutCancel(ctx), req) })
+}
+
+func (s *Service) parseFilter(ctx context.Context, req Request) (*filter, error) {
 	if req.Filter == "" {
 		return newFilter(nil)
 	}
@@ -186,7 +213,9 @@ func (s *Service) filter(ctx context.Context, req Request) (*filter, error) {
 // notifier cannot answer.
 func (s *Service) read(ctx context.Context, req Request, f *filter, since *Token, to Token) (*Response, error) {
 	resp := &Response{NextBatch: to.String()}
-	rd := &reader{s: s, ctx: ctx}
+	// Reads fill caches other requests wait on: a client going away must
+	// not fail them, so they do not stop with the request.
+	rd := &reader{s: s, ctx: context.WithoutCancel(ctx)}
 	defer rd.close()
 	b := &builder{s: s, ctx: ctx, rd: rd, req: req, f: f, since: since, to: to, resp: resp}
 	if err := b.build(); err != nil {
