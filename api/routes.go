@@ -73,6 +73,7 @@ func (s *server) v3Routes() []clientRoute {
 		{method: "POST", path: "/user_directory/search", handler: s.searchUsers, auth: true, r0: true},
 		{method: "GET", path: "/voip/turnServer", handler: s.turnServer, auth: true, r0: true},
 	}
+	routes = append(routes, s.pushRuleRoutes()...)
 	if s.opts.Rooms != nil {
 		routes = append(routes, s.roomRoutes()...)
 		routes = append(routes, s.directoryRoutes()...)
