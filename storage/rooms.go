@@ -744,10 +744,14 @@ func (t *roomTx) AliasRoom(alias id.RoomAlias) (id.RoomID, error) {
 const eventColumns = `e.event_id, e.room_id, r.room_version, e.pdu::text, e.stream_pos, e.state_before, coalesce(e.redacted_by, ''),
 	coalesce((SELECT rb.pdu::text FROM events rb WHERE rb.event_id = e.redacted_by), '')`
 
-func scanEvent(row pgx.Row) (*room.Event, error) {
+func scanEvent(row pgx.Row) (*room.Event, error) { return scanEventWith(row) }
+
+// scanEventWith scans eventColumns after the given leading columns.
+func scanEventWith(row pgx.Row, lead ...any) (*room.Event, error) {
 	var ev room.Event
 	var raw, because string
-	if err := row.Scan(&ev.ID, &ev.RoomID, &ev.RoomVersion, &raw, &ev.StreamPos, &ev.StateBefore, &ev.RedactedBy, &because); err != nil {
+	dest := append(lead, &ev.ID, &ev.RoomID, &ev.RoomVersion, &raw, &ev.StreamPos, &ev.StateBefore, &ev.RedactedBy, &because)
+	if err := row.Scan(dest...); err != nil {
 		return nil, roomNotFound(err)
 	}
 	p, err := parsePDU(raw)

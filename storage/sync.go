@@ -57,6 +57,38 @@ func (r *syncReader) Timeline(roomID id.RoomID, from, to int64, limit int) ([]*r
 		ORDER BY e.stream_pos DESC LIMIT $4`, roomID, from, to, limit))
 }
 
+func (r *syncReader) Timelines(reqs []syncapi.TimelineReq) (map[syncapi.TimelineReq][]*room.Event, error) {
+	rooms := make([]string, len(reqs))
+	froms := make([]int64, len(reqs))
+	tos := make([]int64, len(reqs))
+	limits := make([]int32, len(reqs))
+	for i, q := range reqs {
+		rooms[i], froms[i], tos[i], limits[i] = string(q.Room), q.From, q.To, int32(q.Limit)
+	}
+	rows, err := r.tx.Query(r.ctx, `SELECT q.i, `+eventColumns+`
+		FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::int[]) WITH ORDINALITY AS q(room_id, from_pos, to_pos, lim, i)
+		CROSS JOIN LATERAL (
+			SELECT * FROM events x WHERE x.room_id = q.room_id AND x.stream_pos > q.from_pos AND x.stream_pos <= q.to_pos AND NOT x.rejected
+			ORDER BY x.stream_pos DESC LIMIT q.lim
+		) e JOIN rooms r ON r.room_id = e.room_id
+		ORDER BY q.i, e.stream_pos DESC`, rooms, froms, tos, limits)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[syncapi.TimelineReq][]*room.Event, len(reqs))
+	for rows.Next() {
+		var i int64
+		ev, err := scanEventWith(rows, &i)
+		if err != nil {
+			return nil, err
+		}
+		q := reqs[i-1]
+		out[q] = append(out[q], ev)
+	}
+	return out, rows.Err()
+}
+
 // StateIDs resolves the room's state after every event at or below pos:
 // the snapshot before the newest such event, plus that event if it is
 // state. One statement.

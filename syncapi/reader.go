@@ -29,11 +29,7 @@ type caches struct {
 	filters *memo[filterKey, *filter]
 }
 
-type timelineKey struct {
-	room     id.RoomID
-	from, to int64
-	limit    int
-}
+type timelineKey = TimelineReq
 
 type stateKey struct {
 	room id.RoomID
@@ -63,6 +59,61 @@ type reader struct {
 	s    *Service
 	ctx  context.Context
 	snap Snapshot
+	// receipts holds prefetched receipts per window, per room.
+	receipts map[[2]int64]map[id.RoomID][]Receipt
+}
+
+// prefetchTimelines loads, in one query, the timelines among reqs that
+// the caches do not hold and the notifier cannot rule out.
+func (r *reader) prefetchTimelines(reqs []TimelineReq) error {
+	var missing []TimelineReq
+	for _, q := range reqs {
+		if !r.s.n.roomChangedAfter(q.Room, KindEvents, q.From) {
+			continue
+		}
+		if _, ok := r.s.cache.timelines.peek(q); !ok {
+			missing = append(missing, q)
+		}
+	}
+	if len(missing) < 2 {
+		return nil
+	}
+	db, err := r.db()
+	if err != nil {
+		return err
+	}
+	got, err := db.Timelines(missing)
+	if err != nil {
+		return fmt.Errorf("reading timelines: %w", err)
+	}
+	for _, q := range missing {
+		r.s.cache.timelines.put(q, got[q])
+	}
+	return nil
+}
+
+// prefetchReceipts reads the receipts of many rooms for one window in one
+// query; Receipts then answers those rooms from memory.
+func (r *reader) prefetchReceipts(user id.UserID, rooms []id.RoomID, since, to int64) error {
+	if len(rooms) < 2 {
+		return nil
+	}
+	all, err := r.fetchReceipts(user, rooms, since, to)
+	if err != nil {
+		return err
+	}
+	byRoom := make(map[id.RoomID][]Receipt, len(rooms))
+	for _, rid := range rooms {
+		byRoom[rid] = nil
+	}
+	for _, rc := range all {
+		byRoom[rc.RoomID] = append(byRoom[rc.RoomID], rc)
+	}
+	if r.receipts == nil {
+		r.receipts = map[[2]int64]map[id.RoomID][]Receipt{}
+	}
+	r.receipts[[2]int64{since, to}] = byRoom
+	return nil
 }
 
 func (r *reader) db() (Snapshot, error) {
@@ -118,7 +169,7 @@ func (r *reader) Timeline(roomID id.RoomID, from, to int64, limit int) ([]*room.
 	if !r.s.n.roomChangedAfter(roomID, KindEvents, from) {
 		return nil, nil
 	}
-	return r.s.cache.timelines.get(timelineKey{roomID, from, to, limit}, func() ([]*room.Event, error) {
+	return r.s.cache.timelines.get(timelineKey{Room: roomID, From: from, To: to, Limit: limit}, func() ([]*room.Event, error) {
 		db, err := r.db()
 		if err != nil {
 			return nil, err
@@ -266,9 +317,19 @@ func (r *reader) AccountData(user id.UserID, since, to int64) ([]AccountData, er
 	return db.AccountData(user, since, to)
 }
 
-// Receipts of rooms in the window; skipped when the notifier knows none
-// of them (nor the user's own private ones) changed.
+// Receipts of rooms in the window: prefetched, or read.
 func (r *reader) Receipts(user id.UserID, rooms []id.RoomID, since, to int64) ([]Receipt, error) {
+	if pre, ok := r.receipts[[2]int64{since, to}]; ok && len(rooms) == 1 {
+		if rcs, ok := pre[rooms[0]]; ok {
+			return rcs, nil
+		}
+	}
+	return r.fetchReceipts(user, rooms, since, to)
+}
+
+// fetchReceipts reads receipts, skipped when the notifier knows none of
+// the rooms' receipts (nor the user's own private ones) changed.
+func (r *reader) fetchReceipts(user id.UserID, rooms []id.RoomID, since, to int64) ([]Receipt, error) {
 	if since > 0 && !r.s.n.userChangedAfter(user, KindReceipts, since) &&
 		!slices.ContainsFunc(rooms, func(rid id.RoomID) bool { return r.s.n.roomChangedAfter(rid, KindReceipts, since) }) {
 		return nil, nil

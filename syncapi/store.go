@@ -36,6 +36,8 @@ type Snapshot interface {
 	// Timeline returns up to limit of the room's newest events with
 	// positions in (from, to], newest first.
 	Timeline(roomID id.RoomID, from, to int64, limit int) ([]*room.Event, error)
+	// Timelines is Timeline for many rooms in one query.
+	Timelines(reqs []TimelineReq) (map[TimelineReq][]*room.Event, error)
 	// StateIDs resolves the room's state after every event at or below
 	// pos, as event IDs.
 	StateIDs(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.EventID, error)
@@ -50,6 +52,13 @@ type Snapshot interface {
 	Presence(user id.UserID, since, to int64) ([]Presence, error)
 	// Close ends the transaction.
 	Close()
+}
+
+// TimelineReq asks for up to Limit of a room's newest events in (From, To].
+type TimelineReq struct {
+	Room     id.RoomID
+	From, To int64
+	Limit    int
 }
 
 // Summary is a room's m.room summary numbers.

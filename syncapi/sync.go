@@ -265,6 +265,9 @@ func (b *builder) build() error {
 	if b.accountData, err = b.rd.AccountData(user, b.sincePos(), b.to.Pos); err != nil {
 		return err
 	}
+	if err := b.prefetch(now, before); err != nil {
+		return err
+	}
 	rooms := &Rooms{}
 	for _, m := range now {
 		if !b.f.roomAllowed(m.RoomID) {
@@ -275,11 +278,7 @@ func (b *builder) build() error {
 		case "join":
 			// A room joined within the window is new to this device: it
 			// gets the room as an initial sync would.
-			roomSince := b.sincePos()
-			if changed && before[m.RoomID] != "join" {
-				roomSince = 0
-			}
-			jr, err := b.joinedRoom(m, roomSince)
+			jr, err := b.joinedRoom(m, b.roomSince(m, before))
 			if err != nil {
 				return fmt.Errorf("room %s: %w", m.RoomID, err)
 			}
@@ -336,6 +335,42 @@ func (b *builder) build() error {
 	return b.presence()
 }
 
+// roomSince is where a joined room's part of the response starts: the
+// token, or 0 for a room joined within the window (new to the device).
+func (b *builder) roomSince(m *room.Event, before map[id.RoomID]string) int64 {
+	if b.since != nil && m.StreamPos > b.since.Pos && before[m.RoomID] != "join" {
+		return 0
+	}
+	return b.sincePos()
+}
+
+// prefetch reads what many joined rooms need in a few queries instead of
+// a few per room: their first timeline page and their receipts.
+func (b *builder) prefetch(members []*room.Event, before map[id.RoomID]string) error {
+	var reqs []TimelineReq
+	windows := map[int64][]id.RoomID{}
+	page := max(b.f.timelineLimit()+1, 50)
+	for _, m := range members {
+		if membershipOf(m) != "join" || !b.f.roomAllowed(m.RoomID) {
+			continue
+		}
+		since := b.roomSince(m, before)
+		reqs = append(reqs, TimelineReq{Room: m.RoomID, From: since, To: b.to.Pos, Limit: page})
+		windows[since] = append(windows[since], m.RoomID)
+	}
+	if err := b.rd.prefetchTimelines(reqs); err != nil {
+		return err
+	}
+	if b.f.ephemeralAllowed("m.receipt", "") {
+		for since, rooms := range windows {
+			if err := b.rd.prefetchReceipts(b.req.User, rooms, since, b.to.Pos); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 func membershipOf(e *room.Event) string {
 	return gjson.GetBytes(e.PDU.Content, "membership").Str
 }
@@ -376,25 +411,26 @@ const maxTimelinePages = 10
 // older matching ones were left out (or may have been: when the pages run
 // out before reaching from, the timeline is limited, so that the client
 // pages back with prev_batch instead of silently missing events).
-func (b *builder) timeline(member *room.Event, from, to int64) ([]*room.Event, bool, error) {
+func (b *builder) timeline(member *room.Event, from, to int64) (tl []*room.Event, limited, complete bool, err error) {
 	roomID := member.RoomID
 	joined := membershipOf(member) == "join"
 	vis, err := b.visibility(member)
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
 	limit := b.f.timelineLimit()
 	page := max(limit+1, 50)
 	var out []*room.Event
+	skipped := false // an event in the range was left out before the limit
 	upper := to
 	for range maxTimelinePages {
 		evs, err := b.rd.Timeline(roomID, from, upper, page)
 		if err != nil {
-			return nil, false, fmt.Errorf("reading timeline: %w", err)
+			return nil, false, false, fmt.Errorf("reading timeline: %w", err)
 		}
 		if len(evs) == 0 {
 			slices.Reverse(out)
-			return out, false, nil
+			return out, false, !skipped, nil
 		}
 		// Events at or after the user's own join are visible to them;
 		// older ones follow the room's history visibility.
@@ -411,28 +447,29 @@ func (b *builder) timeline(member *room.Event, from, to int64) ([]*room.Event, b
 			}
 			ok, err := vis.Allowed(e)
 			if err != nil {
-				return nil, false, fmt.Errorf("history visibility: %w", err)
+				return nil, false, false, fmt.Errorf("history visibility: %w", err)
 			}
 			hidden[e.ID] = !ok
 		}
 		for _, e := range evs {
 			if hidden[e.ID] || !b.f.timelineMatch(e) {
+				skipped = true
 				continue
 			}
 			if len(out) == limit {
 				slices.Reverse(out)
-				return out, true, nil
+				return out, true, !skipped, nil
 			}
 			out = append(out, e)
 		}
 		if len(evs) < page {
 			slices.Reverse(out) // reached from: nothing older was left out
-			return out, false, nil
+			return out, false, !skipped, nil
 		}
 		upper = evs[len(evs)-1].StreamPos - 1
 	}
 	slices.Reverse(out)
-	return out, true, nil
+	return out, true, false, nil
 }
 
 // joinedRoom builds one room of rooms.join; nil when an incremental sync
@@ -440,7 +477,7 @@ func (b *builder) timeline(member *room.Event, from, to int64) ([]*room.Event, b
 func (b *builder) joinedRoom(member *room.Event, roomSince int64) (*JoinedRoom, error) {
 	roomID := member.RoomID
 	full := roomSince == 0 || b.req.FullState
-	tl, limited, err := b.timeline(member, roomSince, b.to.Pos)
+	tl, limited, complete, err := b.timeline(member, roomSince, b.to.Pos)
 	if err != nil {
 		return nil, err
 	}
@@ -485,7 +522,14 @@ func (b *builder) joinedRoom(member *room.Event, roomSince int64) (*JoinedRoom, 
 		jr.UnreadThreadNotifications = map[id.EventID]Unread{}
 	}
 	if full || hasMember(tl) || hasMember(state) {
-		sum, err := b.rd.Summary(roomID, b.to.Pos, b.req.User)
+		// The state at the response's end is the state before the
+		// timeline when the timeline holds every event since and none is
+		// a state event: reuse it instead of resolving another snapshot.
+		sumAt := b.to.Pos
+		if complete && !slices.ContainsFunc(tl, func(e *room.Event) bool { return e.PDU.StateKey != nil }) {
+			sumAt = stateAt
+		}
+		sum, err := b.rd.Summary(roomID, sumAt, b.req.User)
 		if err != nil {
 			return nil, fmt.Errorf("room summary: %w", err)
 		}
@@ -529,7 +573,7 @@ func (b *builder) lazyMembers(tl []*room.Event) *[]id.UserID {
 // that took the user out.
 func (b *builder) leftRoom(member *room.Event) (*LeftRoom, error) {
 	roomID := member.RoomID
-	tl, limited, err := b.timeline(member, b.sincePos(), member.StreamPos)
+	tl, limited, _, err := b.timeline(member, b.sincePos(), member.StreamPos)
 	if err != nil {
 		return nil, err
 	}

@@ -26,8 +26,12 @@ import (
 //
 //	GOTOOLCHAIN=auto go test -run '^$' -bench 'Sync' -benchtime 20x ./internal/e2e/
 
-func benchServer(b *testing.B) *Server {
-	return Start(b, Options{Env: map[string]string{
+func benchServer(b *testing.B) *Server { return benchServerAt(b, "") }
+
+// benchServerAt starts the benchmark server on dataDir ("" = a new one);
+// the embedded database lives there, so a restart keeps the data.
+func benchServerAt(b *testing.B, dataDir string) *Server {
+	return Start(b, Options{DataDir: dataDir, Env: map[string]string{
 		"WEFT_DATABASE_URL": "", "WEFT_REGISTRATION_MODE": "open", "WEFT_PASSWORDS_BCRYPT_COST": "4",
 		"WEFT_RATE_LIMITS_ENABLED": "false", "WEFT_LOG_LEVEL": "warn",
 	}})
@@ -245,6 +249,11 @@ func rssKiB(b *testing.B, pid int) int64 {
 
 // waitingLongPolls reads the server's weft_sync_long_polls gauge.
 func waitingLongPolls(b *testing.B, srv *Server) int {
+	return int(metric(b, srv, "weft_sync_long_polls"))
+}
+
+// metric reads one unlabelled value from the server's /metrics.
+func metric(b *testing.B, srv *Server, name string) float64 {
 	resp, err := http.Get(srv.URL + "/metrics")
 	if err != nil {
 		b.Fatal(err)
@@ -252,18 +261,19 @@ func waitingLongPolls(b *testing.B, srv *Server) int {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "weft_sync_long_polls "); ok {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, _ := strconv.ParseFloat(v, 64)
-			return int(f)
+			return f
 		}
 	}
-	b.Fatal("no weft_sync_long_polls in /metrics")
+	b.Fatalf("no %s in /metrics", name)
 	return 0
 }
 
 // BenchmarkSyncIdleLongPolls measures the server's memory per idle
 // long-poll: RSS with 10,000 /sync requests waiting (100 users, 100 each,
-// each in two rooms) minus RSS before.
+// each in two rooms) minus RSS before, measured after the set-up's
+// garbage is collected (about two and a half minutes).
 func BenchmarkSyncIdleLongPolls(b *testing.B) {
 	const users, perUser = 100, 100
 	srv := benchServer(b)
@@ -292,11 +302,22 @@ func BenchmarkSyncIdleLongPolls(b *testing.B) {
 	for b.Loop() {
 		time.Sleep(2 * time.Second) // settle after set-up
 		before := rssKiB(b, pid)
+		heapBefore, stackBefore := metric(b, srv, "go_memstats_heap_inuse_bytes"), metric(b, srv, "go_memstats_stack_inuse_bytes")
 		var wg sync.WaitGroup
+		var stop atomic.Bool
 		for i := range users * perUser {
 			u := i % users
 			wg.Go(func() {
-				_, _, _ = syncGet(hc, srv.URL, clients[u].AccessToken, url.Values{"timeout": {"120000"}, "since": {since[u]}})
+				// Poll until idle: answers for what others did before
+				// (their presence going online) come first.
+				tok := since[u]
+				for !stop.Load() {
+					_, next, err := syncGet(hc, srv.URL, clients[u].AccessToken, url.Values{"timeout": {"300000"}, "since": {tok}})
+					if err != nil {
+						return
+					}
+					tok = next
+				}
 			})
 		}
 		deadline := time.Now().Add(2 * time.Minute)
@@ -306,11 +327,18 @@ func BenchmarkSyncIdleLongPolls(b *testing.B) {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		time.Sleep(2 * time.Second)
+		// Measure the steady state: the garbage of setting the polls up
+		// goes with the runtime's periodic forced GC (every two minutes)
+		// and the scavenger returning freed memory to the system.
+		time.Sleep(130 * time.Second)
 		after := rssKiB(b, pid)
+		polls := float64(users * perUser)
+		b.ReportMetric((metric(b, srv, "go_memstats_heap_inuse_bytes")-heapBefore)/1024/polls, "heap-KiB/long-poll")
+		b.ReportMetric((metric(b, srv, "go_memstats_stack_inuse_bytes")-stackBefore)/1024/polls, "stack-KiB/long-poll")
 		b.ReportMetric(float64(after-before)/float64(users*perUser), "KiB/long-poll")
 		b.ReportMetric(float64(after)/1024, "rss-MiB")
 		// Wake them all: one message in each room ends every poll.
+		stop.Store(true)
 		for _, r := range rooms {
 			if _, err := clients[0].SendText(ctx, r, "wake"); err != nil {
 				b.Fatal(err)
@@ -353,27 +381,39 @@ func syncUser(b *testing.B, srv *Server) *mautrix.Client {
 
 // BenchmarkSyncInitial is a first /sync (no token) for a user in 100
 // rooms with 20 members and 50 messages each, timeline limit 10, with and
-// without lazy-loaded members.
+// without lazy-loaded members. warm repeats it (the shared caches hold the
+// rooms, as when many users of the same rooms sync); cold restarts the
+// server before each sync (nothing cached: a user's first sync). Cold runs
+// last: each restart belongs to its sub-benchmark.
 func BenchmarkSyncInitial(b *testing.B) {
 	srv := benchServer(b)
 	user := syncUser(b, srv)
 	hc := &http.Client{}
-	for _, lazy := range []bool{false, true} {
-		b.Run("lazy="+strconv.FormatBool(lazy), func(b *testing.B) {
-			filter := fmt.Sprintf(`{"room":{"timeline":{"limit":10},"state":{"lazy_load_members":%t}}}`, lazy)
-			var size int
-			for b.Loop() {
-				body, _, err := syncGet(hc, srv.URL, user.AccessToken, url.Values{"filter": {filter}})
-				if err != nil {
-					b.Fatal(err)
+	for _, cold := range []bool{false, true} {
+		for _, lazy := range []bool{false, true} {
+			name := fmt.Sprintf("cold=%t/lazy=%t", cold, lazy)
+			b.Run(name, func(b *testing.B) {
+				filter := fmt.Sprintf(`{"room":{"timeline":{"limit":10},"state":{"lazy_load_members":%t}}}`, lazy)
+				var size int
+				for b.Loop() {
+					if cold {
+						b.StopTimer()
+						srv.Stop()
+						srv = benchServerAt(b, srv.DataDir)
+						b.StartTimer()
+					}
+					body, _, err := syncGet(hc, srv.URL, user.AccessToken, url.Values{"filter": {filter}})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if n := len(gjson.GetBytes(body, "rooms.join").Map()); n != 100 {
+						b.Fatalf("initial sync has %d joined rooms, want 100", n)
+					}
+					size = len(body)
 				}
-				if n := len(gjson.GetBytes(body, "rooms.join").Map()); n != 100 {
-					b.Fatalf("initial sync has %d joined rooms, want 100", n)
-				}
-				size = len(body)
-			}
-			b.ReportMetric(float64(size)/1024, "KiB/response")
-		})
+				b.ReportMetric(float64(size)/1024, "KiB/response")
+			})
+		}
 	}
 }
 
