@@ -139,6 +139,16 @@ func txnScope(txnID, endpoint string, path ...string) string {
 	return string(mustJSON(append([]string{endpoint}, append(path, txnID)...)))
 }
 
+// ClientTxnID is the client's transaction ID inside a scoped one (the last
+// element of txnScope's list).
+func ClientTxnID(scoped string) string {
+	var parts []string
+	if err := json.Unmarshal([]byte(scoped), &parts); err != nil || len(parts) == 0 {
+		return scoped
+	}
+	return parts[len(parts)-1]
+}
+
 // SetState is PUT /rooms/{roomId}/state/{eventType}/{stateKey}. Content equal
 // to the current state's returns the existing event, and nothing is sent.
 func (s *Service) SetState(ctx context.Context, sender id.UserID, roomID id.RoomID, typ, stateKey string, content json.RawMessage) (id.EventID, error) {

@@ -135,6 +135,25 @@ func (r *syncReader) StateIDs(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.
 	return state, rows.Err()
 }
 
+func (r *syncReader) TxnIDs(user id.UserID, device id.DeviceID, events []id.EventID) (map[id.EventID]string, error) {
+	rows, err := r.tx.Query(r.ctx, `SELECT event_id, txn_id FROM event_txns WHERE event_id = ANY($1) AND user_id = $2 AND device_id = $3`,
+		events, user, device)
+	if err != nil {
+		return nil, fmt.Errorf("reading transaction IDs: %w", err)
+	}
+	defer rows.Close()
+	out := map[id.EventID]string{}
+	for rows.Next() {
+		var eid id.EventID
+		var txn string
+		if err := rows.Scan(&eid, &txn); err != nil {
+			return nil, err
+		}
+		out[eid] = txn
+	}
+	return out, rows.Err()
+}
+
 func (r *syncReader) Events(ids []id.EventID) ([]*room.Event, error) {
 	if len(ids) == 0 {
 		return nil, nil

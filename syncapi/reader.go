@@ -217,6 +217,15 @@ func (r *reader) events(ids []id.EventID) ([]*room.Event, error) {
 	return out, nil
 }
 
+// TxnIDs reads the device's transaction IDs of its own events.
+func (r *reader) TxnIDs(user id.UserID, device id.DeviceID, events []id.EventID) (map[id.EventID]string, error) {
+	db, err := r.db()
+	if err != nil {
+		return nil, err
+	}
+	return db.TxnIDs(user, device, events)
+}
+
 // keep applies the lazy-loading member restriction.
 func keep(k pdu.StateKey, members *[]id.UserID) bool {
 	return members == nil || k.Type != "m.room.member" || slices.Contains(*members, id.UserID(k.StateKey))

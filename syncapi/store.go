@@ -41,6 +41,9 @@ type Snapshot interface {
 	// StateIDs resolves the room's state after every event at or below
 	// pos, as event IDs.
 	StateIDs(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.EventID, error)
+	// TxnIDs maps those of the events that the device sent with a
+	// transaction ID to it.
+	TxnIDs(user id.UserID, device id.DeviceID, events []id.EventID) (map[id.EventID]string, error)
 	// Events loads events by ID (unknown ones are left out).
 	Events(ids []id.EventID) ([]*room.Event, error)
 	// AccountData lists the user's account data changed in (since, to].

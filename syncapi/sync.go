@@ -513,9 +513,13 @@ func (b *builder) joinedRoom(member *room.Event, roomSince int64) (*JoinedRoom, 
 	if err != nil {
 		return nil, fmt.Errorf("reading state: %w", err)
 	}
+	tlEvents, err := b.formatTimeline(tl)
+	if err != nil {
+		return nil, err
+	}
 	jr := &JoinedRoom{
 		State:               EventList{Events: b.formatAll(b.f.stateFilter(state))},
-		Timeline:            Timeline{Events: b.formatAll(tl), Limited: limited, PrevBatch: room.Token(stateAt).String()},
+		Timeline:            Timeline{Events: tlEvents, Limited: limited, PrevBatch: room.Token(stateAt).String()},
 		UnreadNotifications: &Unread{},
 	}
 	if b.f.unreadThreads() {
@@ -593,9 +597,13 @@ func (b *builder) leftRoom(member *room.Event) (*LeftRoom, error) {
 			return nil, fmt.Errorf("reading state: %w", err)
 		}
 	}
+	tlEvents, err := b.formatTimeline(tl)
+	if err != nil {
+		return nil, err
+	}
 	lr := &LeftRoom{
 		State:    EventList{Events: b.formatAll(b.f.stateFilter(state))},
-		Timeline: Timeline{Events: b.formatAll(tl), Limited: limited, PrevBatch: room.Token(stateAt).String()},
+		Timeline: Timeline{Events: tlEvents, Limited: limited, PrevBatch: room.Token(stateAt).String()},
 	}
 	for _, a := range b.accountData {
 		if a.RoomID == roomID && b.f.roomAccountDataAllowed(a.Type, roomID) {
@@ -728,6 +736,30 @@ const currentlyActiveWindow = 5 * time.Minute
 // formatAll formats events for the client (or as PDUs, with event_format
 // federation), keeping only the filter's event_fields.
 func (b *builder) formatAll(evs []*room.Event) []json.RawMessage {
+	return b.format(evs, nil)
+}
+
+// formatTimeline formats timeline events; the syncing device's own sends
+// carry their transaction ID in unsigned, so the client can match them to
+// its local echoes.
+func (b *builder) formatTimeline(evs []*room.Event) ([]json.RawMessage, error) {
+	var own []id.EventID
+	for _, e := range evs {
+		if e.PDU.Sender == b.req.User {
+			own = append(own, e.ID)
+		}
+	}
+	var txns map[id.EventID]string
+	if len(own) > 0 && b.req.Device != "" {
+		var err error
+		if txns, err = b.rd.TxnIDs(b.req.User, b.req.Device, own); err != nil {
+			return nil, err
+		}
+	}
+	return b.format(evs, txns), nil
+}
+
+func (b *builder) format(evs []*room.Event, txns map[id.EventID]string) []json.RawMessage {
 	out := make([]json.RawMessage, 0, len(evs))
 	for _, e := range evs {
 		var raw []byte
@@ -737,6 +769,9 @@ func (b *builder) formatAll(evs []*room.Event) []json.RawMessage {
 		} else {
 			ce := b.s.rooms.ToClient(e)
 			ce.RoomID = ""
+			if txn, ok := txns[e.ID]; ok {
+				ce.Unsigned["transaction_id"] = room.ClientTxnID(txn)
+			}
 			raw, err = json.Marshal(ce)
 		}
 		if err != nil {

@@ -89,3 +89,42 @@ func TestSyncBasics(t *testing.T) {
 		t.Fatalf("typing = %v, want [%s]", typing, alice.UserID)
 	}
 }
+
+// TestSyncTransactionID: the device that sent an event sees its
+// transaction ID in unsigned; the same user's other device and other users
+// do not.
+func TestSyncTransactionID(t *testing.T) {
+	srv := startAccounts(t, nil)
+	ctx := context.Background()
+	alice := registerUser(t, srv, "alice", "correct horse battery")
+	other := loginWith(t, srv, "alice", "correct horse battery")
+	bob := registerUser(t, srv, "bob", "correct horse battery")
+	roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	joinRoom(t, bob, roomID)
+	sent, err := alice.SendMessageEvent(ctx, roomID, event.EventMessage, map[string]string{"msgtype": "m.text", "body": "hi"},
+		mautrix.ReqSendEvent{TransactionID: "txn-123"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	txnOf := func(cli *mautrix.Client) (string, bool) {
+		t.Helper()
+		resp, err := cli.SyncRequest(ctx, 0, "", "", false, event.PresenceOffline)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range resp.Rooms.Join[roomID].Timeline.Events {
+			if e.ID == sent.EventID {
+				return e.Unsigned.TransactionID, true
+			}
+		}
+		return "", false
+	}
+	if txn, ok := txnOf(alice); !ok || txn != "txn-123" {
+		t.Fatalf("sending device: transaction_id %q (event seen: %v), want txn-123", txn, ok)
+	}
+	for name, cli := range map[string]*mautrix.Client{"alice's other device": other, "bob": bob} {
+		if txn, ok := txnOf(cli); !ok || txn != "" {
+			t.Fatalf("%s: transaction_id %q (event seen: %v), want none", name, txn, ok)
+		}
+	}
+}

@@ -1,6 +1,9 @@
 -- /sync: a user's membership history, newest first per room.
 CREATE INDEX events_member_user ON events (state_key, stream_pos) WHERE type = 'm.room.member';
 
+-- The transaction ID of a device's own send, shown to that device in /sync.
+CREATE INDEX event_txns_event ON event_txns (event_id);
+
 -- Read receipts: the newest receipt of each user per room, receipt type and
 -- thread ('' = unthreaded). Private receipts (m.read.private) are only ever
 -- shown to their owner.
