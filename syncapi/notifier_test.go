@@ -1,0 +1,136 @@
+package syncapi
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix/id"
+)
+
+func fired(l *Listener) bool {
+	select {
+	case <-l.C:
+		return true
+	default:
+		return false
+	}
+}
+
+func TestTokens(t *testing.T) {
+	tok := Token{Pos: 42, Typing: 7}
+	got, err := ParseToken(tok.String())
+	if err != nil || got != tok {
+		t.Fatalf("round trip of %s: %v %v", tok, got, err)
+	}
+	for _, bad := range []string{"", "s", "s1", "s1_", "s_1", "t5", "s-1_0", "s1_-1", "s1_2_3", "s99999999999999999999_0", "x1_2"} {
+		if _, err := ParseToken(bad); err == nil {
+			t.Errorf("ParseToken(%q) accepted", bad)
+		}
+	}
+}
+
+// TestNotifierWakesOnlyTheAffected: a commit wakes the listeners of its
+// rooms and users, no others.
+func TestNotifierWakesOnlyTheAffected(t *testing.T) {
+	n := NewNotifier(10, time.Now())
+	since := n.Current()
+	inRoom := n.Listen("@a:x", []id.RoomID{"!r:x"}, since)
+	elsewhere := n.Listen("@b:x", []id.RoomID{"!other:x"}, since)
+	user := n.Listen("@c:x", nil, since)
+	n.Committed(11, KindEvents, []id.RoomID{"!r:x"}, []id.UserID{"@c:x"})
+	if !fired(inRoom) || !fired(user) {
+		t.Fatal("a listener of the changed room or user was not woken")
+	}
+	if fired(elsewhere) {
+		t.Fatal("a listener of another room was woken")
+	}
+	if cur := n.Current(); cur.Pos != 11 {
+		t.Fatalf("position %d, want 11", cur.Pos)
+	}
+	for _, l := range []*Listener{inRoom, elsewhere, user} {
+		n.Close(l)
+	}
+	if n.Waiting() != 0 {
+		t.Fatalf("%d listeners left after Close", n.Waiting())
+	}
+}
+
+// TestNotifierNoLostWakeup: a change that lands between a request's token
+// and its registration is reported by Listen itself.
+func TestNotifierNoLostWakeup(t *testing.T) {
+	n := NewNotifier(0, time.Now())
+	since := n.Current()
+	n.Committed(5, KindEvents, []id.RoomID{"!r:x"}, nil)
+	if l := n.Listen("@a:x", []id.RoomID{"!r:x"}, since); !fired(l) {
+		t.Fatal("a change after the token was not reported at registration")
+	}
+	if l := n.Listen("@a:x", []id.RoomID{"!r:x"}, n.Current()); fired(l) {
+		t.Fatal("nothing changed after the current token, yet the listener fired")
+	}
+	typ := n.Current()
+	n.TypingChanged("!r:x")
+	if l := n.Listen("@a:x", []id.RoomID{"!r:x"}, typ); !fired(l) {
+		t.Fatal("a typing change after the token was not reported")
+	}
+}
+
+// TestNotifierKinds: per-kind positions let a reader skip what did not
+// change, but never for tokens older than what the notifier has seen.
+func TestNotifierKinds(t *testing.T) {
+	n := NewNotifier(0, time.Now())
+	n.Start(100)
+	if !n.userChangedAfter("@a:x", KindAccountData, 50) || !n.roomChangedAfter("!r:x", KindEvents, 50) || !n.presenceChangedAfter(50) {
+		t.Fatal("a token from before the notifier started must read everything")
+	}
+	if n.userChangedAfter("@a:x", KindAccountData, 100) || n.roomChangedAfter("!r:x", KindEvents, 100) {
+		t.Fatal("nothing happened since start, yet a change is reported")
+	}
+	n.Committed(101, KindAccountData, nil, []id.UserID{"@a:x"})
+	n.Committed(102, KindReceipts, []id.RoomID{"!r:x"}, nil)
+	if !n.userChangedAfter("@a:x", KindAccountData, 100) || n.userChangedAfter("@a:x", KindEvents, 100) {
+		t.Fatal("account data change not told apart from membership")
+	}
+	if !n.roomChangedAfter("!r:x", KindReceipts, 101) || n.roomChangedAfter("!r:x", KindEvents, 101) {
+		t.Fatal("receipt change not told apart from events")
+	}
+	if got := n.userLastChange("@b:x", KindEvents); got != 100 {
+		t.Fatalf("last change of an untouched user = %d, want the base 100", got)
+	}
+}
+
+// TestMemoLoadsOnce: concurrent misses of one key share one load, and a
+// failed load is not remembered.
+func TestMemoLoadsOnce(t *testing.T) {
+	m := newMemo[string, int](time.Minute, 10)
+	var loads atomic.Int32
+	release := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			v, err := m.get("k", func() (int, error) { loads.Add(1); <-release; return 7, nil })
+			if err != nil || v != 7 {
+				t.Errorf("got %d, %v", v, err)
+			}
+		})
+	}
+	time.Sleep(20 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	if loads.Load() != 1 {
+		t.Fatalf("%d loads for one key, want 1", loads.Load())
+	}
+	if _, err := m.get("bad", func() (int, error) { return 0, errTest }); err == nil {
+		t.Fatal("no error")
+	}
+	if v, err := m.get("bad", func() (int, error) { return 3, nil }); err != nil || v != 3 {
+		t.Fatalf("a failed load was remembered: %d %v", v, err)
+	}
+}
+
+var errTest = &testError{}
+
+type testError struct{}
+
+func (*testError) Error() string { return "test" }
