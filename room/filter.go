@@ -2,8 +2,8 @@ package room
 
 import (
 	"encoding/json"
-	"path"
 	"slices"
+	"strings"
 
 	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix"
@@ -36,14 +36,34 @@ func ParseEventFilter(raw string) (*EventFilter, error) {
 	return &f, nil
 }
 
-// TypeMatches applies the spec's "*" wildcards to event types.
+// TypeMatches applies the spec's "*" wildcards to event types: "*" matches
+// any run of characters (dots included); nothing else is special.
 func TypeMatches(patterns []string, typ string) bool {
 	for _, p := range patterns {
-		if ok, _ := path.Match(p, typ); ok || p == typ {
+		if wildcardMatch(p, typ) {
 			return true
 		}
 	}
 	return false
+}
+
+func wildcardMatch(pattern, s string) bool {
+	parts := strings.Split(pattern, "*")
+	if len(parts) == 1 {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, parts[0]) {
+		return false
+	}
+	s = s[len(parts[0]):]
+	for _, mid := range parts[1 : len(parts)-1] {
+		i := strings.Index(s, mid)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(mid):]
+	}
+	return strings.HasSuffix(s, parts[len(parts)-1])
 }
 
 // Match reports whether e passes the filter (a nil filter passes all).
