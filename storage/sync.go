@@ -20,8 +20,6 @@ func (db *DB) Sync() *Sync { return &Sync{db: db} }
 
 var _ syncapi.Store = (*Sync)(nil)
 
-func (s *Sync) MaxStreamPos(ctx context.Context) (int64, error) { return s.db.MaxStreamPos(ctx) }
-
 // Snapshot opens one REPEATABLE READ, READ ONLY transaction.
 func (s *Sync) Snapshot(ctx context.Context) (syncapi.Snapshot, error) {
 	tx, err := s.db.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})

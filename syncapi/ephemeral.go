@@ -16,7 +16,7 @@ func (s *Service) SetTyping(ctx context.Context, user, target id.UserID, roomID 
 	if user != target {
 		return mautrix.MForbidden.WithMessage("You can only set your own typing state")
 	}
-	joined, err := s.rooms.JoinedRooms(ctx, user)
+	joined, err := s.joinedRooms(ctx, user)
 	if err != nil {
 		return fmt.Errorf("listing joined rooms: %w", err)
 	}

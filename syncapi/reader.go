@@ -1,6 +1,7 @@
 package syncapi
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -213,7 +214,7 @@ func (r *reader) events(ids []id.EventID) ([]*room.Event, error) {
 		}
 		out = append(out, loaded...)
 	}
-	slices.SortFunc(out, func(a, b *room.Event) int { return int(a.StreamPos - b.StreamPos) })
+	slices.SortFunc(out, func(a, b *room.Event) int { return cmp.Compare(a.StreamPos, b.StreamPos) })
 	return out, nil
 }
 

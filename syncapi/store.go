@@ -16,8 +16,6 @@ type Store interface {
 	// read of one response that goes to the database sees the same
 	// database. Close ends it.
 	Snapshot(ctx context.Context) (Snapshot, error)
-	// MaxStreamPos is the highest committed stream position (at start).
-	MaxStreamPos(ctx context.Context) (int64, error)
 }
 
 // Snapshot reads the stream inside one read transaction. Every method

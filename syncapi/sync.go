@@ -94,10 +94,11 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		if cur := s.n.Current(); t.Pos > cur.Pos {
+		cur := s.n.Current()
+		if t.Pos > cur.Pos {
 			return nil, mautrix.MInvalidParam.WithMessage("Sync token is from the future: it was not issued by this server")
 		}
-		if cur := s.n.Current(); t.Typing > cur.Typing {
+		if t.Typing > cur.Typing {
 			t.Typing = 0 // from before a restart: send the typing state again
 		}
 		since = &t
@@ -217,7 +218,7 @@ func (s *Service) read(ctx context.Context, req Request, f *filter, since *Token
 	// not fail them, so they do not stop with the request.
 	rd := &reader{s: s, ctx: context.WithoutCancel(ctx)}
 	defer rd.close()
-	b := &builder{s: s, ctx: ctx, rd: rd, req: req, f: f, since: since, to: to, resp: resp}
+	b := &builder{s: s, rd: rd, req: req, f: f, since: since, to: to, resp: resp}
 	if err := b.build(); err != nil {
 		return nil, err
 	}
@@ -227,7 +228,6 @@ func (s *Service) read(ctx context.Context, req Request, f *filter, since *Token
 // builder assembles one response.
 type builder struct {
 	s     *Service
-	ctx   context.Context
 	rd    *reader
 	req   Request
 	f     *filter

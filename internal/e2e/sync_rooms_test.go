@@ -44,7 +44,7 @@ func TestSyncLazyLoadMembers(t *testing.T) {
 		syncFilterForms(t, dave, lazy, func(t *testing.T, f string) {
 			jr := syncWith(t, dave, "", f, 0).Rooms.Join[roomID]
 			wantIDs(t, "timeline", syncEventIDs(jr.Timeline.Events), spoken...)
-			wantIDs(t, "lazy members", syncMemberKeys(jr.State.Events), syncSortedUsers(bob.UserID, carol.UserID, dave.UserID)...)
+			wantIDs(t, "lazy members", syncMemberKeys(jr.State.Events), syncSorted(bob.UserID, carol.UserID, dave.UserID)...)
 			// The rest of the state is all there.
 			for _, typ := range []string{"m.room.create|", "m.room.power_levels|", "m.room.join_rules|"} {
 				if !slices.Contains(syncStateKeys(jr.State.Events), typ) {
@@ -56,7 +56,7 @@ func TestSyncLazyLoadMembers(t *testing.T) {
 		jr := syncWith(t, dave, "", eager, 0).Rooms.Join[roomID]
 		wantIDs(t, "timeline", syncEventIDs(jr.Timeline.Events), spoken...)
 		wantIDs(t, "all members", syncMemberKeys(jr.State.Events),
-			syncSortedUsers(alice.UserID, bob.UserID, carol.UserID, dave.UserID, erin.UserID, frank.UserID)...)
+			syncSorted(alice.UserID, bob.UserID, carol.UserID, dave.UserID, erin.UserID, frank.UserID)...)
 		for _, e := range jr.State.Events {
 			if e.GetStateKey() == frank.UserID.String() && syncMembership(e) != event.MembershipInvite {
 				t.Fatalf("frank's member event is %s, want invite", syncMembership(e))
@@ -141,13 +141,6 @@ func syncCheckSummary(t *testing.T, s mautrix.LazyLoadSummary, joined, invited i
 		t.Fatalf("summary counts joined=%v invited=%v, want %d and %d", s.JoinedMemberCount, s.InvitedMemberCount, joined, invited)
 	}
 	wantIDs(t, "m.heroes", s.Heroes, heroes...)
-}
-
-// syncSortedUsers returns users sorted (for set comparisons).
-func syncSortedUsers(users ...id.UserID) []id.UserID {
-	out := slices.Clone(users)
-	slices.Sort(out)
-	return out
 }
 
 // TestSyncLimitedTimelineGap: more new events than the timeline limit give

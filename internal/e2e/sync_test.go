@@ -259,7 +259,7 @@ func TestSyncFilters(t *testing.T) {
 		t.Fatalf("baseline timeline of room A lacks the test events: %v", syncEventTypes(allA))
 	}
 	joinedKeys := slices.Sorted(maps.Keys(base.Rooms.Join))
-	wantIDs(t, "baseline joined rooms", joinedKeys, syncSortedRooms(roomA, roomB, roomC)...)
+	wantIDs(t, "baseline joined rooms", joinedKeys, syncSorted(roomA, roomB, roomC)...)
 	if _, ok := base.Rooms.Leave[roomD]; ok {
 		t.Fatal("baseline: a left room is shown without include_leave")
 	}
@@ -297,7 +297,7 @@ func TestSyncFilters(t *testing.T) {
 			filter: syncJSON(t, map[string]any{"room": map[string]any{"rooms": []id.RoomID{roomA, roomB}}}),
 			check: func(t *testing.T, f string) {
 				resp := syncWith(t, alice, "", f, 0)
-				wantIDs(t, "joined rooms", slices.Sorted(maps.Keys(resp.Rooms.Join)), syncSortedRooms(roomA, roomB)...)
+				wantIDs(t, "joined rooms", slices.Sorted(maps.Keys(resp.Rooms.Join)), syncSorted(roomA, roomB)...)
 			},
 		},
 		{
@@ -305,7 +305,7 @@ func TestSyncFilters(t *testing.T) {
 			filter: syncJSON(t, map[string]any{"room": map[string]any{"not_rooms": []id.RoomID{roomB}}}),
 			check: func(t *testing.T, f string) {
 				resp := syncWith(t, alice, "", f, 0)
-				wantIDs(t, "joined rooms", slices.Sorted(maps.Keys(resp.Rooms.Join)), syncSortedRooms(roomA, roomC)...)
+				wantIDs(t, "joined rooms", slices.Sorted(maps.Keys(resp.Rooms.Join)), syncSorted(roomA, roomC)...)
 			},
 		},
 		{
@@ -624,9 +624,9 @@ func TestSyncFilters(t *testing.T) {
 	})
 }
 
-// syncSortedRooms returns room IDs sorted.
-func syncSortedRooms(rooms ...id.RoomID) []id.RoomID {
-	out := slices.Clone(rooms)
+// syncSorted returns a sorted copy of ids (for set comparisons).
+func syncSorted[T ~string](ids ...T) []T {
+	out := slices.Clone(ids)
 	slices.Sort(out)
 	return out
 }
@@ -658,7 +658,7 @@ func TestSyncPresenceFilter(t *testing.T) {
 	}
 	// Unfiltered: both users' presence (so the filters below have
 	// something to hide).
-	wantIDs(t, "presence", senders(syncWith(t, alice, "", "", 0)), syncSortedUsers(alice.UserID, bob.UserID)...)
+	wantIDs(t, "presence", senders(syncWith(t, alice, "", "", 0)), syncSorted(alice.UserID, bob.UserID)...)
 
 	for _, c := range []struct {
 		name, filter string
@@ -666,7 +666,7 @@ func TestSyncPresenceFilter(t *testing.T) {
 	}{
 		{"types empty", `{"presence":{"types":[]}}`, nil},
 		{"not_types", `{"presence":{"not_types":["m.*"]}}`, nil},
-		{"types", `{"presence":{"types":["m.presence"]}}`, syncSortedUsers(alice.UserID, bob.UserID)},
+		{"types", `{"presence":{"types":["m.presence"]}}`, syncSorted(alice.UserID, bob.UserID)},
 		{"senders", syncJSON(t, map[string]any{"presence": map[string]any{"senders": []id.UserID{bob.UserID}}}), []id.UserID{bob.UserID}},
 		{"not_senders", syncJSON(t, map[string]any{"presence": map[string]any{"not_senders": []id.UserID{bob.UserID}}}), []id.UserID{alice.UserID}},
 	} {
