@@ -306,8 +306,8 @@ func (s *Service) SetPresence(ctx context.Context, r *Requester, target id.UserI
 	return nil
 }
 
-// SyncPresence is /sync's set_presence hook. ctx must be the request's:
-// the user counts as syncing until it ends.
+// SyncPresence is /sync's set_presence hook. The user counts as syncing
+// until the returned end is called (once, when the request answers).
 //
 //   - offline: the client does not mark the user online; nothing changes.
 //   - online: the user is online and active. A change of state (from
@@ -318,23 +318,29 @@ func (s *Service) SetPresence(ctx context.Context, r *Requester, target id.UserI
 //   - unavailable: the user is connected but idle: the state is set, the
 //     activity time is not bumped (the spec counts only going online as a
 //     pro-active event).
-func (s *Service) SyncPresence(ctx context.Context, user id.UserID, state string) (err error) {
+func (s *Service) SyncPresence(ctx context.Context, user id.UserID, state string) (end func(), err error) {
 	if state == "" {
 		state = PresenceOnline
 	}
 	if !validPresence(state) {
-		return errInvalidParam("set_presence must be online, unavailable or offline")
+		return nil, errInvalidParam("set_presence must be online, unavailable or offline")
 	}
 	if state == PresenceOffline {
-		return nil
+		return func() {}, nil
 	}
 	ps, err := s.presenceStore()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	online := state == PresenceOnline
 	s.presence.begin(user, online)
-	context.AfterFunc(ctx, func() { s.presence.end(user, online) })
+	end = func() { s.presence.end(user, online) }
+	// The user is syncing even if recording it fails: the caller ends it.
+	return end, s.recordSync(ctx, ps, user, state, online)
+}
+
+// recordSync writes what SyncPresence learnt, as little as it can.
+func (s *Service) recordSync(ctx context.Context, ps PresenceStore, user id.UserID, state string, online bool) (err error) {
 
 	clock := s.now()
 	now := clock.UnixMilli()

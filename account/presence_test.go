@@ -62,8 +62,8 @@ func TestPresenceSyncAndDrift(t *testing.T) {
 
 	// alice: many short syncs, one write.
 	for range 50 {
-		sctx, done := context.WithCancel(ctx)
-		if err := svc.SyncPresence(sctx, alice, "online"); err != nil {
+		done, err := svc.SyncPresence(ctx, alice, "online")
+		if err != nil {
 			t.Fatal(err)
 		}
 		done()
@@ -73,13 +73,13 @@ func TestPresenceSyncAndDrift(t *testing.T) {
 		t.Fatalf("50 syncs within a minute took %d stream positions, want 1", n)
 	}
 	// bob: one long-poll that never ends in this test.
-	bobCtx, stopBob := context.WithCancel(ctx)
-	defer stopBob()
-	if err := svc.SyncPresence(bobCtx, bob, "online"); err != nil {
+	stopBob, err := svc.SyncPresence(ctx, bob, "online")
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer stopBob()
 	// set_presence=offline changes nothing.
-	if err := svc.SyncPresence(ctx, alice, "offline"); err != nil {
+	if _, err := svc.SyncPresence(ctx, alice, "offline"); err != nil {
 		t.Fatal(err)
 	}
 

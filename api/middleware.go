@@ -37,16 +37,21 @@ func requestID(next http.Handler) http.Handler {
 	})
 }
 
+// setCORS sets the spec's CORS headers, which every response carries.
+func setCORS(h http.Header) {
+	h.Set("Access-Control-Allow-Origin", "*")
+	h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS")
+	h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization")
+	h.Set("Access-Control-Expose-Headers", "X-Request-Id")
+}
+
 // cors adds the spec's CORS headers to every response and answers every
 // OPTIONS request itself, before routing and without authentication: the
 // spec forbids running endpoint logic for OPTIONS.
 func cors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set("Access-Control-Allow-Origin", "*")
-		h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS")
-		h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization")
-		h.Set("Access-Control-Expose-Headers", "X-Request-Id")
+		setCORS(h)
 		if r.Method == http.MethodOptions {
 			h.Set("Access-Control-Max-Age", "86400")
 			w.WriteHeader(http.StatusOK)
@@ -63,25 +68,33 @@ func accessLog(log *slog.Logger) func(http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			d := &detached{}
+			r = r.WithContext(context.WithValue(r.Context(), detachKey, d))
 			next.ServeHTTP(ww, r)
-			status := ww.Status()
-			if status == 0 {
-				status = http.StatusOK
+			// Capture values, not r: a parked request keeps this closure.
+			rid, method, path, route, remote := RequestID(r.Context()), r.Method, r.URL.Path, routePattern(r), r.RemoteAddr
+			write := func(status int, bytes int64) {
+				if status == 0 {
+					status = http.StatusOK
+				}
+				level := slog.LevelInfo
+				if status >= 500 {
+					level = slog.LevelWarn
+				}
+				log.Log(context.Background(), level, "request",
+					"request_id", rid,
+					"method", method,
+					"path", path,
+					"route", route,
+					"status", status,
+					"bytes", bytes,
+					"duration_ms", float64(time.Since(start).Microseconds())/1000,
+					"remote", remote,
+				)
 			}
-			level := slog.LevelInfo
-			if status >= 500 {
-				level = slog.LevelWarn
+			if !d.finish(write) {
+				write(ww.Status(), int64(ww.BytesWritten()))
 			}
-			log.Log(r.Context(), level, "request",
-				"request_id", RequestID(r.Context()),
-				"method", r.Method,
-				"path", r.URL.Path,
-				"route", routePattern(r),
-				"status", status,
-				"bytes", ww.BytesWritten(),
-				"duration_ms", float64(time.Since(start).Microseconds())/1000,
-				"remote", r.RemoteAddr,
-			)
 		})
 	}
 }
@@ -168,11 +181,16 @@ func (m *httpMetrics) middleware(next http.Handler) http.Handler {
 		if route == "" {
 			route = "unmatched"
 		}
-		status := ww.Status()
-		if status == 0 {
-			status = http.StatusOK
+		method := r.Method
+		observe := func(status int, _ int64) {
+			if status == 0 {
+				status = http.StatusOK
+			}
+			m.requests.WithLabelValues(method, route, strconv.Itoa(status)).Inc()
+			m.latency.WithLabelValues(method, route).Observe(time.Since(start).Seconds())
 		}
-		m.requests.WithLabelValues(r.Method, route, strconv.Itoa(status)).Inc()
-		m.latency.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
+		if !detachOf(r).finish(observe) {
+			observe(ww.Status(), 0)
+		}
 	})
 }

@@ -42,7 +42,10 @@ type Options struct {
 	// Rooms is the room domain; nil leaves the room endpoints out.
 	Rooms *room.Service
 	// Sync serves /sync and typing; nil leaves them out.
-	Sync             *syncapi.Service
+	Sync *syncapi.Service
+	// Listener, when the HTTP server serves on it, lets idle long-polls
+	// give their goroutines back while they wait (longpoll.go).
+	Listener         *Listener
 	RegistrationMode string
 	RateLimits       RateLimits
 	TURN             TURN

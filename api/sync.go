@@ -1,7 +1,9 @@
 package api
 
 import (
+	"context"
 	"net/http"
+	"strings"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -35,13 +37,35 @@ func (s *server) sync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	me := requester(r)
-	resp, err := s.opts.Sync.Sync(r.Context(), syncapi.Request{
-		User: me.UserID, Device: me.DeviceID, Since: q.Get("since"),
+	req := syncapi.Request{
+		// Copies: a parked request keeps these, and the query's
+		// substrings would keep the whole request line.
+		User: me.UserID, Device: me.DeviceID, Since: strings.Clone(q.Get("since")),
 		Timeout: time.Duration(timeout) * time.Millisecond, FullState: fullState,
-		SetPresence: q.Get("set_presence"), Filter: q.Get("filter"),
-	})
+		SetPresence: q.Get("set_presence"), Filter: strings.Clone(q.Get("filter")),
+	}
+	if !s.canPark(r) {
+		resp, err := s.opts.Sync.Sync(r.Context(), req)
+		if err != nil && r.Context().Err() != nil {
+			return // the client went away
+		}
+		s.respond(w, r, resp, err)
+		return
+	}
+	// A parked long-poll outlives r's context, which keeps the router's
+	// state and ends when this handler returns.
+	ctx := context.WithValue(context.Background(), requestIDKey, RequestID(r.Context()))
+	resp, p, err := s.opts.Sync.Start(ctx, req)
+	if p == nil {
+		s.respond(w, r, resp, err)
+		return
+	}
+	if s.park(w, r, p) {
+		return
+	}
+	resp, err = p.Wait(r.Context())
 	if err != nil && r.Context().Err() != nil {
-		return // the client went away
+		return
 	}
 	s.respond(w, r, resp, err)
 }

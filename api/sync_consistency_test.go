@@ -31,6 +31,13 @@ const syncTestServer = "sync.example"
 // sees it): real router, real Postgres, real notifier.
 func syncStack(t *testing.T) *httptest.Server {
 	t.Helper()
+	srv, _ := syncStackService(t)
+	return srv
+}
+
+// syncStackService is syncStack, with its sync service.
+func syncStackService(t *testing.T) (*httptest.Server, *syncapi.Service) {
+	t.Helper()
 	ctx := context.Background()
 	db := pgtest.NewDB(t)
 	accounts := account.New(account.Config{
@@ -56,12 +63,21 @@ func syncStack(t *testing.T) *httptest.Server {
 		},
 		ValidateFilter: account.ValidateFilter,
 	}, db.Sync(), rooms, n, nil)
-	srv := httptest.NewServer(api.NewRouter(api.Options{
+	// Served as weft serve does: idle long-polls park their connections
+	// and hand them back through the listener.
+	srv := httptest.NewUnstartedServer(nil)
+	ln := api.NewListener(srv.Listener)
+	srv.Listener = ln
+	srv.Config.Handler = api.NewRouter(api.Options{
 		ServerName: syncTestServer, MaxBodyBytes: 1 << 20, Accounts: accounts, Rooms: rooms, Sync: syncs,
-		RegistrationMode: "open", Health: db,
-	}))
+		RegistrationMode: "open", Health: db, Listener: ln,
+	})
+	// A short header timeout: connections handed back by parked polls
+	// must still wait for their next request like kept-alive ones.
+	srv.Config.ReadHeaderTimeout = 300 * time.Millisecond
+	srv.Start()
 	t.Cleanup(func() { syncs.Stop(); srv.Close() })
-	return srv
+	return srv, syncs
 }
 
 type noProfiles struct{}

@@ -75,10 +75,9 @@ func NewNotifier(pos int64, now time.Time) *Notifier {
 	}
 }
 
-// Listener is one waiting request. C receives a value when something it
-// registered for changed.
+// Listener is one waiting request's registration.
 type Listener struct {
-	C     chan struct{}
+	wake  func()
 	user  id.UserID
 	rooms []id.RoomID
 }
@@ -210,17 +209,17 @@ func (n *Notifier) typingSince(roomID id.RoomID, serial int64) bool {
 
 func wake(ls map[*Listener]struct{}) {
 	for l := range ls {
-		select {
-		case l.C <- struct{}{}:
-		default: // already signalled
-		}
+		l.wake()
 	}
 }
 
 // Listen registers a request for user and rooms, waiting for changes after
-// since. If something already changed, C is signalled at once.
-func (n *Notifier) Listen(user id.UserID, rooms []id.RoomID, since Token) *Listener {
-	l := &Listener{C: make(chan struct{}, 1), user: user, rooms: rooms}
+// since, and reports whether something already changed. Otherwise wake is
+// called when something does, until Close. wake runs under the notifier's
+// lock, on the committing goroutine: it must not block or call the
+// notifier, and it may be called more than once.
+func (n *Notifier) Listen(user id.UserID, rooms []id.RoomID, since Token, wake func()) (*Listener, bool) {
+	l := &Listener{wake: wake, user: user, rooms: rooms}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	changed := n.userPos[user] > since.Pos
@@ -230,10 +229,7 @@ func (n *Notifier) Listen(user id.UserID, rooms []id.RoomID, since Token) *Liste
 		changed = changed || n.roomPos[r] > since.Pos || n.roomTyping[r] > since.Typing
 		add(n.byRoom, r, l)
 	}
-	if changed {
-		l.C <- struct{}{}
-	}
-	return l
+	return l, changed
 }
 
 func add[K comparable](m map[K]map[*Listener]struct{}, k K, l *Listener) {
@@ -262,6 +258,16 @@ func (n *Notifier) Close(l *Listener) {
 	remove(n.byUser, l.user, l)
 	for _, r := range l.rooms {
 		remove(n.byRoom, r, l)
+	}
+}
+
+// WakeAll wakes every listener (shutdown). Every listener is registered
+// under its user, so the user index reaches them all.
+func (n *Notifier) WakeAll() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, ls := range n.byUser {
+		wake(ls)
 	}
 }
 

@@ -9,9 +9,30 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-func fired(l *Listener) bool {
+// testListener is a registration whose wake-ups land in a channel.
+type testListener struct {
+	*Listener
+	c chan struct{}
+}
+
+func listen(n *Notifier, user id.UserID, rooms []id.RoomID, since Token) testListener {
+	c := make(chan struct{}, 1)
+	signal := func() {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+	l, changed := n.Listen(user, rooms, since, signal)
+	if changed {
+		signal()
+	}
+	return testListener{l, c}
+}
+
+func fired(l testListener) bool {
 	select {
-	case <-l.C:
+	case <-l.c:
 		return true
 	default:
 		return false
@@ -36,9 +57,9 @@ func TestTokens(t *testing.T) {
 func TestNotifierWakesOnlyTheAffected(t *testing.T) {
 	n := NewNotifier(10, time.Now())
 	since := n.Current()
-	inRoom := n.Listen("@a:x", []id.RoomID{"!r:x"}, since)
-	elsewhere := n.Listen("@b:x", []id.RoomID{"!other:x"}, since)
-	user := n.Listen("@c:x", nil, since)
+	inRoom := listen(n, "@a:x", []id.RoomID{"!r:x"}, since)
+	elsewhere := listen(n, "@b:x", []id.RoomID{"!other:x"}, since)
+	user := listen(n, "@c:x", nil, since)
 	n.Committed(11, KindEvents, []id.RoomID{"!r:x"}, []id.UserID{"@c:x"})
 	if !fired(inRoom) || !fired(user) {
 		t.Fatal("a listener of the changed room or user was not woken")
@@ -49,8 +70,8 @@ func TestNotifierWakesOnlyTheAffected(t *testing.T) {
 	if cur := n.Current(); cur.Pos != 11 {
 		t.Fatalf("position %d, want 11", cur.Pos)
 	}
-	for _, l := range []*Listener{inRoom, elsewhere, user} {
-		n.Close(l)
+	for _, l := range []testListener{inRoom, elsewhere, user} {
+		n.Close(l.Listener)
 	}
 	if n.Waiting() != 0 {
 		t.Fatalf("%d listeners left after Close", n.Waiting())
@@ -63,15 +84,15 @@ func TestNotifierNoLostWakeup(t *testing.T) {
 	n := NewNotifier(0, time.Now())
 	since := n.Current()
 	n.Committed(5, KindEvents, []id.RoomID{"!r:x"}, nil)
-	if l := n.Listen("@a:x", []id.RoomID{"!r:x"}, since); !fired(l) {
+	if l := listen(n, "@a:x", []id.RoomID{"!r:x"}, since); !fired(l) {
 		t.Fatal("a change after the token was not reported at registration")
 	}
-	if l := n.Listen("@a:x", []id.RoomID{"!r:x"}, n.Current()); fired(l) {
+	if l := listen(n, "@a:x", []id.RoomID{"!r:x"}, n.Current()); fired(l) {
 		t.Fatal("nothing changed after the current token, yet the listener fired")
 	}
 	typ := n.Current()
 	n.TypingChanged("!r:x")
-	if l := n.Listen("@a:x", []id.RoomID{"!r:x"}, typ); !fired(l) {
+	if l := listen(n, "@a:x", []id.RoomID{"!r:x"}, typ); !fired(l) {
 		t.Fatal("a typing change after the token was not reported")
 	}
 }

@@ -27,8 +27,10 @@ type Config struct {
 	LoadFilter func(ctx context.Context, user id.UserID, filterID string) (json.RawMessage, error)
 	// ValidateFilter checks and compacts an inline filter.
 	ValidateFilter func(raw []byte) (json.RawMessage, error)
-	// Presence, when set, is told of every /sync's set_presence.
-	Presence func(ctx context.Context, user id.UserID, state string) error
+	// Presence, when set, is told of every /sync's set_presence; the
+	// user counts as syncing until end is called, when the request
+	// answers. end is called even when err is not nil.
+	Presence func(ctx context.Context, user id.UserID, state string) (end func(), err error)
 }
 
 // Service answers /sync.
@@ -61,6 +63,7 @@ func (s *Service) Stop() {
 	default:
 		close(s.stopping)
 	}
+	s.n.WakeAll()
 }
 
 // Notifier is the service's notifier.
@@ -82,21 +85,34 @@ const maxTimeout = 5 * time.Minute
 
 // Sync answers one request: at once if there is something newer than the
 // token (or no token), else when something for this user arrives or the
-// timeout passes.
+// timeout passes. It holds the calling goroutine while it waits; Start
+// does not.
 func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
+	resp, p, err := s.Start(ctx, req)
+	if p == nil {
+		return resp, err
+	}
+	return p.Wait(ctx)
+}
+
+// Start answers a request at once when it can: no token, full_state,
+// something newer than the token, or no time left to wait. Otherwise it
+// returns a Pending, registered with the notifier, which the caller waits
+// on or hands a callback to.
+func (s *Service) Start(ctx context.Context, req Request) (*Response, *Pending, error) {
 	f, err := s.filter(ctx, req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var since *Token
 	if req.Since != "" {
 		t, err := ParseToken(req.Since)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		cur := s.n.Current()
 		if t.Pos > cur.Pos {
-			return nil, mautrix.MInvalidParam.WithMessage("Sync token is from the future: it was not issued by this server")
+			return nil, nil, mautrix.MInvalidParam.WithMessage("Sync token is from the future: it was not issued by this server")
 		}
 		if t.Typing > cur.Typing {
 			t.Typing = 0 // from before a restart: send the typing state again
@@ -106,54 +122,49 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 	switch req.SetPresence {
 	case "", "online", "offline", "unavailable":
 	default:
-		return nil, mautrix.MInvalidParam.WithMessage("set_presence must be online, offline or unavailable")
+		return nil, nil, mautrix.MInvalidParam.WithMessage("set_presence must be online, offline or unavailable")
 	}
+	endPresence := func() {}
 	if s.cfg.Presence != nil {
 		state := req.SetPresence
 		if state == "" {
 			state = "online"
 		}
-		if err := s.cfg.Presence(ctx, req.User, state); err != nil {
-			return nil, fmt.Errorf("updating presence: %w", err)
+		end, err := s.cfg.Presence(ctx, req.User, state)
+		if end != nil {
+			endPresence = end
+		}
+		if err != nil {
+			endPresence()
+			return nil, nil, fmt.Errorf("updating presence: %w", err)
 		}
 	}
 	if since == nil || req.FullState {
-		return s.read(ctx, req, f, since, s.n.Current())
+		defer endPresence()
+		resp, err := s.read(ctx, req, f, since, s.n.Current())
+		return resp, nil, err
 	}
-	timeout := min(req.Timeout, maxTimeout)
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	seen := *since
+	p := &Pending{
+		s: s, ctx: context.WithoutCancel(ctx), req: req, f: f, since: *since, seen: *since,
+		deadline: time.Now().Add(min(req.Timeout, maxTimeout)), endPresence: endPresence,
+	}
 	for {
-		joined, err := s.joinedRooms(ctx, req.User)
+		// Nothing else holds p yet; a wake-up of a closed registration
+		// is stale.
+		p.woken = false
+		changed, err := p.listen()
 		if err != nil {
-			return nil, fmt.Errorf("listing joined rooms: %w", err)
+			endPresence()
+			return nil, nil, err
 		}
-		// Register before sampling: a change after this point wakes us.
-		l := s.n.Listen(req.User, joined, seen)
-		expired := false
-		select {
-		case <-l.C:
-		case <-timer.C:
-			expired = true
-		case <-s.stopping:
-			expired = true
-		case <-ctx.Done():
-			s.n.Close(l)
-			return nil, ctx.Err()
+		if !changed && !p.expired() {
+			return nil, p, nil
 		}
-		s.n.Close(l)
-		to := s.n.Current()
-		if expired && to == seen {
-			return &Response{NextBatch: to.String()}, nil
+		resp, again, err := p.answer(!changed)
+		if !again {
+			endPresence()
+			return resp, nil, err
 		}
-		resp, err := s.read(ctx, req, f, since, to)
-		if err != nil || !resp.empty() || expired {
-			return resp, err
-		}
-		// Woken for changes this request filters out: keep waiting,
-		// reading from the same token, listening past what was seen.
-		seen = to
 	}
 }
 

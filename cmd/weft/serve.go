@@ -66,8 +66,15 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_sync_long_polls", Help: "/sync requests waiting for something to happen."},
 			func() float64 { return float64(syncs.Notifier().Waiting()) }))
 
+	rawLn, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listening on %s (config key listen): %w", cfg.Listen, err)
+	}
+	// Idle long-polls park their connections and hand them back through ln.
+	ln := api.NewListener(rawLn)
 	trusted, _ := cfg.HTTP.TrustedPrefixes() // validated when the config loaded
 	handler := api.NewRouter(api.Options{
+		Listener:         ln,
 		TrustedProxies:   trusted,
 		ServerName:       cfg.ServerName,
 		BaseURL:          cfg.BaseURL(),
@@ -90,10 +97,6 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 		Gatherer: reg,
 	})
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listening on %s (config key listen): %w", cfg.Listen, err)
-	}
 	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: time.Duration(cfg.HTTP.ReadHeaderTimeout),
@@ -117,6 +120,9 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("grace period over; closing remaining connections", "err", err)
 		_ = srv.Close()
+	}
+	if err := ln.WaitParked(sctx); err != nil {
+		log.Warn("grace period over; dropping unanswered long-polls", "err", err)
 	}
 	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("HTTP server", "err", err)

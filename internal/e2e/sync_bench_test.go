@@ -314,6 +314,9 @@ func BenchmarkSyncIdleLongPolls(b *testing.B) {
 				for !stop.Load() {
 					_, next, err := syncGet(hc, srv.URL, clients[u].AccessToken, url.Values{"timeout": {"300000"}, "since": {tok}})
 					if err != nil {
+						if !stop.Load() {
+							b.Errorf("long-poll of user %d: %v", u, err)
+						}
 						return
 					}
 					tok = next

@@ -1,0 +1,341 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/weftchat/weft/syncapi"
+)
+
+// Parking idle long-polls.
+//
+// net/http serves each connection on a goroutine with a read and a write
+// buffer, and keeps a second goroutine reading in the background while a
+// handler runs: about 40 KiB of stacks and buffers per waiting /sync. A
+// server with thousands of idle clients would spend most of its memory on
+// that. So a /sync with nothing to answer takes the connection from
+// net/http (Hijack), leaves the request registered with the notifier and
+// returns: no goroutine, no buffer is held while it waits. When the
+// long-poll answers, a goroutine writes the HTTP/1.1 response on the raw
+// connection and hands the connection back to the HTTP server through
+// Listener, whose Accept returns it like a new client connection, so
+// keep-alive carries on.
+//
+// Only HTTP/1.x connections on a Listener park; HTTP/2 streams and servers
+// built without one wait the ordinary way. While parked, a client that
+// goes away is noticed only when the answer is written (at the latest when
+// its timeout passes).
+
+// Listener wraps the server's listener so parked long-polls can hand their
+// connections back for the next request on them.
+type Listener struct {
+	net.Listener
+	back     chan net.Conn
+	accepted chan accepted
+	closed   chan struct{}
+	once     sync.Once
+	// parked counts long-polls whose connection is off the HTTP server's
+	// books: shutdown waits for their answers.
+	parked sync.WaitGroup
+}
+
+type accepted struct {
+	c   net.Conn
+	err error
+}
+
+// NewListener wraps l. Serve the HTTP server on the result, and pass it
+// in Options.Listener.
+func NewListener(l net.Listener) *Listener {
+	ln := &Listener{Listener: l, back: make(chan net.Conn), accepted: make(chan accepted), closed: make(chan struct{})}
+	go ln.acceptLoop()
+	return ln
+}
+
+func (l *Listener) acceptLoop() {
+	for {
+		c, err := l.Listener.Accept()
+		select {
+		case l.accepted <- accepted{c, err}:
+		case <-l.closed:
+			if c != nil {
+				_ = c.Close()
+			}
+			return
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+	}
+}
+
+// Accept returns new client connections and connections handed back by
+// answered long-polls.
+func (l *Listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.back:
+		return c, nil
+	case a := <-l.accepted:
+		return a.c, a.err
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting; connections handed back afterwards are closed.
+func (l *Listener) Close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.closed)
+		err = l.Listener.Close()
+	})
+	return err
+}
+
+// handBack gives c to the HTTP server for its next request, reporting
+// false once the server stopped accepting.
+func (l *Listener) handBack(c net.Conn) bool {
+	select {
+	case l.back <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+// WaitParked waits until every parked long-poll has written its answer,
+// or ctx ends. Shutdown calls it after the sync service answered them.
+func (l *Listener) WaitParked(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		l.parked.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// canPark reports whether this request's connection may be parked.
+func (s *server) canPark(r *http.Request) bool {
+	return s.opts.Listener != nil && r.ProtoMajor == 1 && detachOf(r) != nil
+}
+
+// parkedWriteTimeout bounds writing an answer to a parked connection: a
+// client that stopped reading must not hold a goroutine.
+const parkedWriteTimeout = 30 * time.Second
+
+// park takes the connection from net/http and answers p on it when p
+// answers. It reports false, leaving the connection alone, when the
+// connection cannot be taken.
+func (s *server) park(w http.ResponseWriter, r *http.Request, p *syncapi.Pending) bool {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	// The server's deadlines belong to the request just read.
+	_ = conn.SetDeadline(time.Time{})
+	if n := brw.Reader.Buffered(); n > 0 {
+		// The client already sent its next request (pipelining).
+		buf, _ := brw.Reader.Peek(n)
+		conn = withPrefix(conn, buf)
+	}
+	// Keep as little of r as possible: its context holds the router's
+	// pooled state, its headers the access token. A parked request keeps
+	// its id, method and path (for logs) and nothing else.
+	pr := parkedRequest{
+		id: RequestID(r.Context()), method: r.Method, path: r.URL.Path,
+		keepAlive: !r.Close && r.ProtoAtLeast(1, 1),
+	}
+	d := detachOf(r)
+	d.detach()
+	ln := s.opts.Listener
+	ln.parked.Add(1)
+	p.Then(func(resp *syncapi.Response, err error) {
+		defer ln.parked.Done()
+		status, n, werr := s.writeParked(conn, pr, resp, err)
+		d.complete(status, n)
+		if werr != nil || !pr.keepAlive {
+			_ = conn.Close()
+			return
+		}
+		if c := awaitNextRequest(conn); c == nil || !ln.handBack(c) {
+			_ = conn.Close()
+		}
+	})
+	return true
+}
+
+// parkedIdleTimeout is how long a connection whose long-poll answered
+// waits for the client's next request.
+const parkedIdleTimeout = 5 * time.Minute
+
+// awaitNextRequest waits until the client sends its next request on conn
+// (long-polling clients do at once) and returns conn with what was read.
+// net/http starts its header timeout the moment it accepts a connection;
+// waiting for the first byte here gives a handed-back connection the idle
+// wait a kept-alive one gets. nil means the client closed or went quiet.
+func awaitNextRequest(conn net.Conn) net.Conn {
+	if pc, ok := conn.(*prefixedConn); ok && len(pc.prefix) > 0 {
+		return conn // a pipelined request is already here
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(parkedIdleTimeout))
+	var b [1]byte
+	n, _ := conn.Read(b[:])
+	_ = conn.SetReadDeadline(time.Time{})
+	if n == 0 {
+		return nil
+	}
+	return withPrefix(conn, b[:n])
+}
+
+// parkedRequest is what a parked request keeps of its *http.Request.
+type parkedRequest struct {
+	id, method, path string
+	keepAlive        bool
+}
+
+// writeParked writes one HTTP/1.1 response on a parked connection, with
+// the headers the middleware gives every response.
+func (s *server) writeParked(conn net.Conn, pr parkedRequest, resp *syncapi.Response, err error) (int, int64, error) {
+	rec := &bufferedResponse{header: http.Header{}}
+	h := rec.header
+	setCORS(h)
+	h.Set("X-Request-Id", pr.id)
+	r := (&http.Request{Method: pr.method, URL: &url.URL{Path: pr.path}}).
+		WithContext(context.WithValue(context.Background(), requestIDKey, pr.id))
+	s.respond(rec, r, resp, err)
+	if rec.status == 0 {
+		rec.status = http.StatusOK
+	}
+	h.Set("Content-Length", strconv.Itoa(rec.body.Len()))
+	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	if !pr.keepAlive {
+		h.Set("Connection", "close")
+	}
+	var out bytes.Buffer
+	fmt.Fprintf(&out, "HTTP/1.1 %d %s\r\n", rec.status, http.StatusText(rec.status))
+	_ = h.Write(&out)
+	out.WriteString("\r\n")
+	out.Write(rec.body.Bytes())
+	_ = conn.SetWriteDeadline(time.Now().Add(parkedWriteTimeout))
+	_, werr := conn.Write(out.Bytes())
+	_ = conn.SetWriteDeadline(time.Time{})
+	return rec.status, int64(rec.body.Len()), werr
+}
+
+// bufferedResponse collects a response in memory.
+type bufferedResponse struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (b *bufferedResponse) Header() http.Header { return b.header }
+
+func (b *bufferedResponse) WriteHeader(status int) {
+	if b.status == 0 {
+		b.status = status
+	}
+}
+
+func (b *bufferedResponse) Write(p []byte) (int, error) {
+	b.WriteHeader(http.StatusOK)
+	return b.body.Write(p)
+}
+
+// prefixedConn replays bytes already read from the client.
+type prefixedConn struct {
+	net.Conn
+	prefix []byte
+}
+
+// withPrefix returns conn reading b first. A connection parks again and
+// again: it is wrapped once, never a wrapper in a wrapper.
+func withPrefix(conn net.Conn, b []byte) net.Conn {
+	if pc, ok := conn.(*prefixedConn); ok {
+		// b was read before whatever of the old prefix is left.
+		pc.prefix = append(bytes.Clone(b), pc.prefix...)
+		return pc
+	}
+	return &prefixedConn{Conn: conn, prefix: bytes.Clone(b)}
+}
+
+func (c *prefixedConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// detached lets a handler finish its request after returning: the access
+// log and the metrics, which run when the handler returns, register what
+// to do with the real status instead.
+type detached struct {
+	mu       sync.Mutex
+	isOn     bool
+	done     bool
+	status   int
+	bytes    int64
+	finishes []func(status int, bytes int64)
+}
+
+const detachKey ctxKey = iota + 200
+
+func detachOf(r *http.Request) *detached {
+	d, _ := r.Context().Value(detachKey).(*detached)
+	return d
+}
+
+func (d *detached) detach() {
+	d.mu.Lock()
+	d.isOn = true
+	d.mu.Unlock()
+}
+
+// finish runs fn with the request's final status now, or when the
+// detached request completes. It reports false if the request was not
+// detached (the caller finishes itself).
+func (d *detached) finish(fn func(status int, bytes int64)) bool {
+	if d == nil {
+		return false
+	}
+	d.mu.Lock()
+	if !d.isOn {
+		d.mu.Unlock()
+		return false
+	}
+	if !d.done {
+		d.finishes = append(d.finishes, fn)
+		d.mu.Unlock()
+		return true
+	}
+	status, n := d.status, d.bytes
+	d.mu.Unlock()
+	fn(status, n)
+	return true
+}
+
+func (d *detached) complete(status int, n int64) {
+	d.mu.Lock()
+	d.done, d.status, d.bytes = true, status, n
+	fns := d.finishes
+	d.finishes = nil
+	d.mu.Unlock()
+	for _, fn := range fns {
+		fn(status, n)
+	}
+}
