@@ -16,6 +16,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/account"
+	"github.com/weftchat/weft/media"
 	"github.com/weftchat/weft/room"
 	"github.com/weftchat/weft/syncapi"
 )
@@ -45,7 +46,11 @@ type Options struct {
 	Sync *syncapi.Service
 	// Listener, when the HTTP server serves on it, lets idle long-polls
 	// give their goroutines back while they wait (longpoll.go).
-	Listener         *Listener
+	Listener *Listener
+	// Media is the media repository; nil leaves its endpoints out.
+	Media *media.Service
+	// URLPreview serves preview_url; nil answers that previews are off.
+	URLPreview       URLPreviewer
 	RegistrationMode string
 	RateLimits       RateLimits
 	TURN             TURN
@@ -100,7 +105,7 @@ func NewRouter(opts Options) http.Handler {
 	if opts.Metrics != nil {
 		r.Use(newHTTPMetrics(opts.Metrics).middleware)
 	}
-	r.Use(recoverer(s.log), cors, limitBody(opts.MaxBodyBytes))
+	r.Use(recoverer(s.log), cors, s.limitBodies(opts.MaxBodyBytes))
 
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, matrixError("M_UNRECOGNIZED", "Unrecognized request"))
@@ -121,6 +126,9 @@ func NewRouter(opts Options) http.Handler {
 		s.mountV1(r)
 		s.mountRelations(r)
 		s.mountSynapseAdmin(r)
+		if opts.Media != nil {
+			s.mountMedia(r)
+		}
 	}
 	if opts.Gatherer != nil {
 		r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))

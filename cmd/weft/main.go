@@ -23,6 +23,7 @@ Usage:
   weft user ...               create, list, deactivate accounts; reset passwords; set admins
   weft registration-token create   issue a registration token (registration.mode: token)
   weft reports list           list users' content reports, newest first
+  weft media purge --before DATE   delete media uploaded before DATE
   weft keys show              print the server's signing key ID and public key
   weft generate-config        print a commented configuration to start from
   weft version                print the version
@@ -58,6 +59,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "reports":
 		if err := reportsCommand(ctx, args[1:], os.Stdin, stdout, stderr); err != nil {
+			fmt.Fprintln(stderr, "weft: "+strings.ReplaceAll(err.Error(), "\n", "; "))
+			return 1
+		}
+		return 0
+	case "media":
+		if err := mediaCommand(ctx, args[1:], stdout, stderr); err != nil {
 			fmt.Fprintln(stderr, "weft: "+strings.ReplaceAll(err.Error(), "\n", "; "))
 			return 1
 		}

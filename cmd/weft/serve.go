@@ -60,6 +60,13 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	presenceDone := make(chan struct{})
 	go func() { defer close(presenceDone); accounts.RunPresence(presenceCtx) }()
 	defer func() { stopPresence(); <-presenceDone }()
+	// Media: background thumbnailing and the expiry of unused media IDs,
+	// stopped before the pool closes like the presence timer.
+	mediaRepo, stopMedia, err := startMedia(ctx, cfg, db, log)
+	if err != nil {
+		return err
+	}
+	defer stopMedia()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector(),
@@ -84,6 +91,7 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 		Accounts:         accounts,
 		Rooms:            rooms,
 		Sync:             syncs,
+		Media:            mediaRepo,
 		RegistrationMode: cfg.Registration.Mode,
 		RateLimits:       rateLimits(cfg.RateLimits),
 		TURN: api.TURN{

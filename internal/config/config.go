@@ -50,6 +50,50 @@ type Config struct {
 	UserDirectory UserDirectory `yaml:"user_directory"`
 	TURN          TURN          `yaml:"turn"`
 	Presence      Presence      `yaml:"presence"`
+	Media         Media         `yaml:"media"`
+}
+
+// Media configures the media repository (uploads, downloads, thumbnails).
+// Content is stored under data_dir/media.
+type Media struct {
+	// MaxUploadSize is the largest file accepted, in bytes (M_TOO_LARGE
+	// above it). Uploads are exempt from http.max_body_bytes.
+	MaxUploadSize int64 `yaml:"max_upload_size"`
+	// UserQuota is the most bytes one user may upload in total; 0: no quota.
+	UserQuota int64 `yaml:"user_quota"`
+	// MaxPendingUploads bounds the media IDs a user has created for
+	// asynchronous upload and not yet filled.
+	MaxPendingUploads int `yaml:"max_pending_uploads"`
+	// UnusedExpiry is how long such an ID waits for its content.
+	UnusedExpiry Duration `yaml:"unused_expiry"`
+	// MaxImagePixels: larger images are never decoded (no thumbnails).
+	MaxImagePixels int64 `yaml:"max_image_pixels"`
+	// ThumbnailSizes are precomputed for every image upload.
+	ThumbnailSizes []ThumbnailSize `yaml:"thumbnail_sizes"`
+	// FreezeUnauthenticated serves media uploaded while it is set only on
+	// the authenticated endpoints (spec v1.11): the legacy
+	// /_matrix/media/v3/download and thumbnail answer 404 for it.
+	FreezeUnauthenticated bool       `yaml:"freeze_unauthenticated"`
+	URLPreview            URLPreview `yaml:"url_preview"`
+}
+
+// ThumbnailSize is one precomputed thumbnail size.
+type ThumbnailSize struct {
+	Width  int    `yaml:"width"`
+	Height int    `yaml:"height"`
+	Method string `yaml:"method"` // crop or scale
+}
+
+// URLPreview configures GET /_matrix/client/v1/media/preview_url.
+type URLPreview struct {
+	Enabled bool `yaml:"enabled"`
+	// Timeout bounds fetching one URL, redirects included.
+	Timeout Duration `yaml:"timeout"`
+	// MaxBytes bounds the bytes read from one URL.
+	MaxBytes int64 `yaml:"max_bytes"`
+	// IPRangeAllowlist lists CIDRs previews may reach although they are
+	// private (an intranet wiki); everything non-public is refused otherwise.
+	IPRangeAllowlist []string `yaml:"ip_range_allowlist"`
 }
 
 // Presence controls when users who stop using their clients are shown as
@@ -258,6 +302,24 @@ func Default() Config {
 		},
 		TURN:     TURN{Lifetime: Duration(24 * time.Hour)},
 		Presence: Presence{IdleAfter: Duration(5 * time.Minute), OfflineAfter: Duration(2 * time.Minute)},
+		Media: Media{
+			MaxUploadSize:     100 << 20,
+			MaxPendingUploads: 10,
+			UnusedExpiry:      Duration(24 * time.Hour),
+			MaxImagePixels:    32_000_000,
+			ThumbnailSizes: []ThumbnailSize{
+				{Width: 32, Height: 32, Method: "crop"},
+				{Width: 96, Height: 96, Method: "crop"},
+				{Width: 320, Height: 240, Method: "scale"},
+				{Width: 640, Height: 480, Method: "scale"},
+				{Width: 800, Height: 600, Method: "scale"},
+			},
+			FreezeUnauthenticated: true,
+			URLPreview: URLPreview{
+				Timeout:  Duration(10 * time.Second),
+				MaxBytes: 10 << 20,
+			},
+		},
 	}
 }
 
@@ -433,7 +495,54 @@ func (c *Config) Validate() error {
 	if c.Presence.OfflineAfter < Duration(time.Second) {
 		bad("presence.offline_after", "must be at least 1s")
 	}
+	c.Media.validate(bad)
 	return errors.Join(errs...)
+}
+
+// maxThumbnailSide bounds configured thumbnail sides: a thumbnail is for
+// showing small, and each size is made for every image upload.
+const maxThumbnailSide = 4096
+
+func (m *Media) validate(bad func(key, format string, args ...any)) {
+	if m.MaxUploadSize < 1 {
+		bad("media.max_upload_size", "must be at least 1 byte")
+	}
+	if m.UserQuota < 0 {
+		bad("media.user_quota", "must not be negative (0: no quota)")
+	}
+	if m.MaxPendingUploads < 1 {
+		bad("media.max_pending_uploads", "must be at least 1")
+	}
+	if m.UnusedExpiry < Duration(time.Second) {
+		bad("media.unused_expiry", "must be at least 1s")
+	}
+	if m.MaxImagePixels < 1 {
+		bad("media.max_image_pixels", "must be at least 1")
+	}
+	for i, sz := range m.ThumbnailSizes {
+		key := fmt.Sprintf("media.thumbnail_sizes[%d]", i)
+		if sz.Width < 1 || sz.Height < 1 || sz.Width > maxThumbnailSide || sz.Height > maxThumbnailSide {
+			bad(key, "width and height must be within 1..%d, got %dx%d", maxThumbnailSide, sz.Width, sz.Height)
+		}
+		if sz.Method != "crop" && sz.Method != "scale" {
+			bad(key+".method", "%q is not crop or scale", sz.Method)
+		}
+	}
+	if m.URLPreview.Timeout <= 0 {
+		bad("media.url_preview.timeout", "must be positive")
+	}
+	if m.URLPreview.MaxBytes < 1024 {
+		bad("media.url_preview.max_bytes", "%d is below 1024", m.URLPreview.MaxBytes)
+	}
+	if _, err := m.URLPreview.AllowedPrefixes(); err != nil {
+		bad("media.url_preview.ip_range_allowlist", "%v", err)
+	}
+}
+
+// AllowedPrefixes parses IPRangeAllowlist (a bare IP is a single address).
+func (u URLPreview) AllowedPrefixes() ([]netip.Prefix, error) {
+	// The same grammar as http.trusted_proxies.
+	return HTTP{TrustedProxies: u.IPRangeAllowlist}.TrustedPrefixes()
 }
 
 // BaseURL is the client-facing URL of this server: public_baseurl when set;

@@ -38,6 +38,7 @@ func TestSampleLoadsToDefaults(t *testing.T) {
 	def.RateLimits.ExemptUsers = []string{}
 	def.TURN.URIs = []string{}
 	def.HTTP.TrustedProxies = []string{}
+	def.Media.URLPreview.IPRangeAllowlist = []string{}
 	if !reflect.DeepEqual(*cfg, def) {
 		t.Fatalf("sample differs from defaults:\nsample:  %+v\ndefault: %+v", *cfg, def)
 	}
