@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -73,5 +74,10 @@ func TestVersionsShape(t *testing.T) {
 	}
 	if raw["unstable_features"][0] != '{' {
 		t.Fatalf("unstable_features must be an object: %s", raw["unstable_features"])
+	}
+	// Clients use authenticated media only when v1.11 is advertised.
+	var versions []string
+	if err := json.Unmarshal(raw["versions"], &versions); err != nil || !slices.Contains(versions, "v1.11") {
+		t.Fatalf("versions %v (%v): v1.11 (authenticated media) is missing", versions, err)
 	}
 }
