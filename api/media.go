@@ -18,7 +18,8 @@ import (
 )
 
 // URLPreviewer answers preview_url: OpenGraph data for a URL, as the
-// spec's response object. A nil Options.URLPreview means previews are off.
+// spec's response object (media.Previewer). A nil Options.URLPreview means
+// previews are off. Errors are Matrix errors carrying their status.
 type URLPreviewer interface {
 	Preview(ctx context.Context, user id.UserID, rawURL string, ts int64) (map[string]any, error)
 }
@@ -329,8 +330,15 @@ func (s *server) mediaConfig(w http.ResponseWriter, r *http.Request) {
 }
 
 // GET /_matrix/client/v1/media/preview_url (and the deprecated
-// /_matrix/media/v3/preview_url): OpenGraph data for url, or 404
-// M_UNRECOGNIZED when previews are off (media.url_preview.enabled).
+// /_matrix/media/v3/preview_url): OpenGraph data for url, og:image as an
+// mxc:// URI, or {} for a type with no preview; 404 M_UNRECOGNIZED when
+// previews are off (media.url_preview.enabled). The spec lists only 200
+// and 429; failures follow the previewer's Matrix errors: 400
+// M_MISSING_PARAM/M_INVALID_PARAM for a missing or non-http(s) url, 403
+// M_FORBIDDEN for an address or URL the server will not fetch (with a
+// generic message: the cause may name an internal address), 504 M_UNKNOWN
+// when the fetch timed out, 502 M_UNKNOWN when the remote side failed, 429
+// when the user asked for too many uncached previews.
 func (s *server) previewURL(w http.ResponseWriter, r *http.Request) {
 	if s.opts.URLPreview == nil {
 		writeError(w, r, s.log, matrixError("M_UNRECOGNIZED", "URL previews are disabled on this server"))

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"image"
 	"image/color"
 	"image/color/palette"
@@ -13,21 +14,27 @@ import (
 	"image/jpeg"
 	"image/png"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	_ "golang.org/x/image/webp" // image.Decode of WebP thumbnails' sources in checks
+	"golang.org/x/net/dns/dnsmessage"
 	"maunium.net/go/mautrix"
 
 	"github.com/weftchat/weft/account"
 	"github.com/weftchat/weft/api"
+	"github.com/weftchat/weft/internal/urlpreview"
 	"github.com/weftchat/weft/media"
 	"github.com/weftchat/weft/media/thumbnail"
 	"github.com/weftchat/weft/storage"
@@ -792,3 +799,438 @@ func TestMediaUploadsAreRateLimited(t *testing.T) {
 }
 
 var _ = thumbnail.Crop
+
+// URL previews, through the real router, Postgres, blob store and the real
+// safe fetcher (internal/urlpreview).
+
+// newPreviewStack is a media stack whose router serves previews fetched
+// with fcfg.
+func newPreviewStack(t *testing.T, fcfg urlpreview.Config) *mediaStack {
+	t.Helper()
+	st := newMediaStack(t, mediaOpts{})
+	if fcfg.Timeout == 0 {
+		fcfg.Timeout = 5 * time.Second
+	}
+	p := media.NewPreviewer(st.svc, urlpreview.ForMedia(urlpreview.New(fcfg)), media.PreviewConfig{})
+	st.srv.Close()
+	st.srv = httptest.NewServer(api.NewRouter(api.Options{
+		ServerName: mediaServer, MaxBodyBytes: 64 << 10, Accounts: st.accounts, Media: st.svc,
+		URLPreview: p, RegistrationMode: "open", Health: st.db,
+	}))
+	t.Cleanup(p.Close) // runs before the stack's cleanup closes the service
+	return st
+}
+
+func previewPath(target string) string {
+	return "/_matrix/client/v1/media/preview_url?url=" + url.QueryEscape(target)
+}
+
+// mediaCount is how many media rows exist.
+func (st *mediaStack) mediaCount(t *testing.T) int64 {
+	t.Helper()
+	n, err := st.db.Media().CountMediaBefore(context.Background(), time.Now().Add(24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// trapListener counts the connections that reach it: a refused preview
+// must not connect at all.
+type trapListener struct {
+	ln       net.Listener
+	accepted atomic.Int64
+}
+
+func newTrapListener(t *testing.T, network, addr string) *trapListener {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatalf("trap listener on %s: %v", addr, err)
+	}
+	tr := &trapListener{ln: ln}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			tr.accepted.Add(1)
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return tr
+}
+
+func (tr *trapListener) port() int { return tr.ln.Addr().(*net.TCPAddr).Port }
+
+// wantReachable proves a zero count means something: the trap does count
+// a connection that is made.
+func (tr *trapListener) wantReachable(t *testing.T) {
+	t.Helper()
+	before := tr.accepted.Load()
+	c, err := net.Dial(tr.ln.Addr().Network(), tr.ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dialling the trap: %v", err)
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for tr.accepted.Load() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the trap did not count a direct connection")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// startTestDNS serves A and AAAA records for names (no trailing dot) over
+// UDP on 127.0.0.1 and returns a resolver that asks only it, so no test
+// reaches a real DNS server. Other names are NXDOMAIN.
+func startTestDNS(t *testing.T, records map[string][]string) *net.Resolver {
+	t.Helper()
+	zone := map[string][]netip.Addr{}
+	for name, addrs := range records {
+		for _, a := range addrs {
+			zone[strings.ToLower(name)+"."] = append(zone[strings.ToLower(name)+"."], netip.MustParseAddr(a))
+		}
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("DNS stub: %v", err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { pc.Close(); <-done })
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if resp, err := dnsAnswer(buf[:n], zone); err == nil {
+				_, _ = pc.WriteTo(resp, from)
+			}
+		}
+	}()
+	addr := pc.LocalAddr().String()
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "udp", addr)
+		},
+	}
+}
+
+func dnsAnswer(query []byte, zone map[string][]netip.Addr) ([]byte, error) {
+	var p dnsmessage.Parser
+	hdr, err := p.Start(query)
+	if err != nil {
+		return nil, err
+	}
+	q, err := p.Question()
+	if err != nil {
+		return nil, err
+	}
+	addrs, known := zone[strings.ToLower(q.Name.String())]
+	rcode := dnsmessage.RCodeSuccess
+	if !known {
+		rcode = dnsmessage.RCodeNameError
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: hdr.ID, Response: true, Authoritative: true,
+		RecursionDesired: hdr.RecursionDesired, RecursionAvailable: true, RCode: rcode})
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(q); err != nil {
+		return nil, err
+	}
+	if err := b.StartAnswers(); err != nil {
+		return nil, err
+	}
+	rh := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 1}
+	for _, a := range addrs {
+		switch {
+		case q.Type == dnsmessage.TypeA && a.Is4():
+			err = b.AResource(rh, dnsmessage.AResource{A: a.As4()})
+		case q.Type == dnsmessage.TypeAAAA && a.Is6():
+			err = b.AAAAResource(rh, dnsmessage.AAAAResource{AAAA: a.As16()})
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return b.Finish()
+}
+
+// previewSite serves an OpenGraph page at / whose og:image is /logo.png,
+// the image, and a few failure cases; hits counts requests by path.
+type previewSite struct {
+	srv  *httptest.Server
+	logo []byte
+	mu   sync.Mutex
+	hits map[string]int
+	// imageURL, when set, replaces /logo.png as the page's og:image.
+	imageURL string
+}
+
+func newPreviewSite(t *testing.T, ln net.Listener) *previewSite {
+	t.Helper()
+	site := &previewSite{logo: pngBytes(t, 60, 40, false), hits: map[string]int{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		img := site.imageURL
+		if img == "" {
+			img = "/logo.png"
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		io.WriteString(w, `<!doctype html><html><head><title>fallback</title>
+<meta property="og:title" content="Weft &amp; friends">
+<meta property="og:description" content="A homeserver">
+<meta property="og:type" content="website">
+<meta property="og:image" content="`+img+`">
+<meta property="og:image:width" content="1200">
+</head><body>hello</body></html>`)
+	})
+	mux.HandleFunc("/logo.png", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "image/png")
+		w.Write(site.logo)
+	})
+	mux.HandleFunc("/photo", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "image/png")
+		w.Write(site.logo)
+	})
+	mux.HandleFunc("/data.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"a": 1}`)
+	})
+	mux.HandleFunc("/missing", http.NotFound)
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+	})
+	mux.HandleFunc("/loop", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/loop", http.StatusFound) })
+	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		site.mu.Lock()
+		site.hits[r.URL.Path]++
+		site.mu.Unlock()
+		mux.ServeHTTP(w, r)
+	})
+	site.srv = httptest.NewUnstartedServer(counted)
+	if ln != nil {
+		site.srv.Listener.Close()
+		site.srv.Listener = ln
+	}
+	site.srv.Start()
+	t.Cleanup(site.srv.Close)
+	return site
+}
+
+func (s *previewSite) count(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hits[path]
+}
+
+var loopback4 = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+
+func TestMediaPreviewURL(t *testing.T) {
+	site := newPreviewSite(t, nil)
+	st := newPreviewStack(t, urlpreview.Config{AllowedCIDRs: loopback4})
+	tok := st.register(t, "alice")
+
+	r := st.do(t, "GET", previewPath(site.srv.URL+"/"), tok, nil, nil)
+	r.wantStatus(t, 200)
+	og := r.json(t)
+	if og["og:title"] != "Weft & friends" || og["og:description"] != "A homeserver" || og["og:type"] != "website" {
+		t.Fatalf("preview = %s", r.body)
+	}
+	server, mediaID := splitMXC(t, og["og:image"])
+	if og["matrix:image:size"] != float64(len(site.logo)) || og["og:image:type"] != "image/png" ||
+		og["og:image:width"] != float64(60) || og["og:image:height"] != float64(40) {
+		t.Fatalf("image properties: %s", r.body)
+	}
+	dl := st.do(t, "GET", authed(server, mediaID), tok, nil, nil)
+	dl.wantStatus(t, 200)
+	if !bytes.Equal(dl.body, site.logo) {
+		t.Fatalf("og:image downloads %d bytes, not the %d bytes of the page's image", len(dl.body), len(site.logo))
+	}
+	if site.count("/") != 1 || site.count("/logo.png") != 1 {
+		t.Fatalf("site hits %v", site.hits)
+	}
+
+	// Another user, the legacy path, and a fragment: the cached preview.
+	bob := st.register(t, "bob")
+	again := st.do(t, "GET", "/_matrix/media/v3/preview_url?url="+url.QueryEscape(site.srv.URL+"/#top")+"&ts=1510610716656", bob, nil, nil)
+	again.wantStatus(t, 200)
+	if again.json(t)["og:image"] != og["og:image"] || site.count("/") != 1 || site.count("/logo.png") != 1 {
+		t.Fatalf("second preview %s, site hits %v; want the cached one", again.body, site.hits)
+	}
+
+	// A URL that is an image: the image is the preview.
+	r = st.do(t, "GET", previewPath(site.srv.URL+"/photo"), tok, nil, nil)
+	r.wantStatus(t, 200)
+	img := r.json(t)
+	if _, id2 := splitMXC(t, img["og:image"]); id2 == mediaID || img["matrix:image:size"] != float64(len(site.logo)) {
+		t.Fatalf("image URL preview: %s", r.body)
+	}
+	// A type with no preview: an empty object, as the spec allows.
+	r = st.do(t, "GET", previewPath(site.srv.URL+"/data.json"), tok, nil, nil)
+	r.wantStatus(t, 200)
+	if len(r.json(t)) != 0 {
+		t.Fatalf("JSON preview: %s", r.body)
+	}
+
+	st.do(t, "GET", "/_matrix/client/v1/media/preview_url", tok, nil, nil).wantErr(t, 400, "M_MISSING_PARAM")
+	st.do(t, "GET", previewPath("ftp://example.org/file"), tok, nil, nil).wantErr(t, 400, "M_INVALID_PARAM")
+	st.do(t, "GET", previewPath("not a url"), tok, nil, nil).wantErr(t, 400, "M_INVALID_PARAM")
+	st.do(t, "GET", previewPath(site.srv.URL+"/")+"&ts=soon", tok, nil, nil).wantErr(t, 400, "M_INVALID_PARAM")
+	st.do(t, "GET", previewPath(site.srv.URL+"/"), "", nil, nil).wantErr(t, 401, "M_MISSING_TOKEN")
+}
+
+func TestMediaPreviewURLFailures(t *testing.T) {
+	site := newPreviewSite(t, nil)
+	st := newPreviewStack(t, urlpreview.Config{AllowedCIDRs: loopback4, Timeout: 500 * time.Millisecond, MaxRedirects: 3})
+	tok := st.register(t, "alice")
+	st.do(t, "GET", previewPath(site.srv.URL+"/missing"), tok, nil, nil).wantErr(t, 502, "M_UNKNOWN")
+	st.do(t, "GET", previewPath(site.srv.URL+"/loop"), tok, nil, nil).wantErr(t, 502, "M_UNKNOWN")
+	st.do(t, "GET", previewPath(site.srv.URL+"/slow"), tok, nil, nil).wantErr(t, 504, "M_UNKNOWN")
+	// A failure is remembered: asking again does not reach the site.
+	st.do(t, "GET", previewPath(site.srv.URL+"/missing"), tok, nil, nil).wantErr(t, 502, "M_UNKNOWN")
+	st.do(t, "GET", previewPath(site.srv.URL+"/slow"), tok, nil, nil).wantErr(t, 504, "M_UNKNOWN")
+	if site.count("/missing") != 1 || site.count("/slow") != 1 {
+		t.Fatalf("site hits %v; failures should be cached", site.hits)
+	}
+}
+
+// THE SSRF TEST: with no allow-list, nothing private is fetched, whatever
+// form the address takes, and nothing is stored.
+func TestMediaPreviewURLRefusesPrivateAddresses(t *testing.T) {
+	trap4 := newTrapListener(t, "tcp4", "127.0.0.1:0")
+	var trap6 *trapListener
+	p6 := 1
+	if ln, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+		ln.Close()
+		trap6 = newTrapListener(t, "tcp6", "[::1]:0")
+		p6 = trap6.port()
+	}
+	resolver := startTestDNS(t, map[string][]string{
+		"intranet.weft.test": {"127.0.0.1"},
+		"six.weft.test":      {"::1"},
+		"meta.weft.test":     {"169.254.169.254"},
+	})
+	// The stub answers, so a refusal below is the dial check's doing, not
+	// a name that failed to resolve.
+	if got, err := resolver.LookupNetIP(context.Background(), "ip4", "intranet.weft.test"); err != nil || len(got) != 1 {
+		t.Fatalf("DNS stub: %v, %v", got, err)
+	}
+	st := newPreviewStack(t, urlpreview.Config{Resolver: resolver, Timeout: 3 * time.Second})
+	tok := st.register(t, "mallory")
+	p4 := trap4.port()
+	targets := []string{
+		fmt.Sprintf("http://127.0.0.1:%d/", p4),
+		"http://10.0.0.1/",
+		"http://169.254.169.254/latest/meta-data/",
+		fmt.Sprintf("http://[::1]:%d/", p6),
+		fmt.Sprintf("http://[::ffff:127.0.0.1]:%d/", p4),
+		fmt.Sprintf("http://intranet.weft.test:%d/", p4),
+		fmt.Sprintf("http://six.weft.test:%d/", p6),
+		"http://meta.weft.test/latest/meta-data/",
+		fmt.Sprintf("http://0.0.0.0:%d/", p4),
+		"http://[fd00::1]/",
+	}
+	for _, target := range targets {
+		for _, path := range []string{previewPath(target), "/_matrix/media/r0/preview_url?url=" + url.QueryEscape(target)} {
+			r := st.do(t, "GET", path, tok, nil, nil)
+			if r.status != 403 {
+				t.Errorf("%s: status %d (%s), want 403", target, r.status, r.body)
+				continue
+			}
+			r.wantErr(t, 403, "M_FORBIDDEN")
+			for _, leak := range []string{"127.0", "10.0.0.1", "169.254", "::1", "fd00", "refus", "loopback", "private"} {
+				if strings.Contains(string(r.body), leak) {
+					t.Errorf("%s: the answer %s mentions %q", target, r.body, leak)
+				}
+			}
+		}
+	}
+	if n := trap4.accepted.Load(); n != 0 {
+		t.Errorf("the IPv4 loopback trap accepted %d connections", n)
+	}
+	trap4.wantReachable(t)
+	if trap6 != nil {
+		if n := trap6.accepted.Load(); n != 0 {
+			t.Errorf("the IPv6 loopback trap accepted %d connections", n)
+		}
+		trap6.wantReachable(t)
+	}
+	if blobs, tmp := st.blobFiles(t); len(blobs) != 0 || len(tmp) != 0 {
+		t.Errorf("refused previews stored files: %v %v", blobs, tmp)
+	}
+	if n := st.mediaCount(t); n != 0 {
+		t.Errorf("refused previews stored %d media rows", n)
+	}
+}
+
+// A page the operator allows cannot redirect, or point its og:image, at an
+// address that is not allowed.
+func TestMediaPreviewURLRefusesRedirectsToPrivateAddresses(t *testing.T) {
+	trap := newTrapListener(t, "tcp4", "127.0.0.1:0")
+	trapURL := fmt.Sprintf("http://127.0.0.1:%d/secret.png", trap.port())
+	// The allowed site lives on 127.0.0.2; 127.0.0.1 stays refused.
+	ln, err := net.Listen("tcp4", "127.0.0.2:0")
+	if err != nil {
+		t.Fatalf("listening on 127.0.0.2: %v", err)
+	}
+	site := newPreviewSite(t, ln)
+	site.imageURL = trapURL
+	redirector := http.NewServeMux()
+	redirector.HandleFunc("/go", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, trapURL, http.StatusFound) })
+	ln2, err := net.Listen("tcp4", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var redirects atomic.Int64
+	rs := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		redirects.Add(1)
+		redirector.ServeHTTP(w, r)
+	}))
+	rs.Listener.Close()
+	rs.Listener = ln2
+	rs.Start()
+	t.Cleanup(rs.Close)
+
+	st := newPreviewStack(t, urlpreview.Config{AllowedCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")}})
+	tok := st.register(t, "mallory")
+	r := st.do(t, "GET", previewPath(rs.URL+"/go"), tok, nil, nil)
+	r.wantErr(t, 403, "M_FORBIDDEN")
+	if redirects.Load() != 1 {
+		t.Fatalf("the allowed server saw %d requests, want 1 (the redirect was never tried)", redirects.Load())
+	}
+	// The page itself is fine; its og:image on a refused address is left
+	// out, not fetched.
+	r = st.do(t, "GET", previewPath(site.srv.URL+"/"), tok, nil, nil)
+	r.wantStatus(t, 200)
+	og := r.json(t)
+	if og["og:title"] != "Weft & friends" {
+		t.Fatalf("page preview: %s", r.body)
+	}
+	for k := range og {
+		if strings.HasPrefix(k, "og:image") || k == "matrix:image:size" {
+			t.Errorf("preview keeps %s although its image was refused: %s", k, r.body)
+		}
+	}
+	if n := trap.accepted.Load(); n != 0 {
+		t.Errorf("the trap accepted %d connections", n)
+	}
+	trap.wantReachable(t)
+	if n := st.mediaCount(t); n != 0 {
+		t.Errorf("%d media rows stored", n)
+	}
+}

@@ -13,7 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftchat/weft/api"
 	"github.com/weftchat/weft/internal/config"
+	"github.com/weftchat/weft/internal/urlpreview"
 	"github.com/weftchat/weft/media"
 	"github.com/weftchat/weft/media/thumbnail"
 	"github.com/weftchat/weft/storage"
@@ -55,13 +57,28 @@ func newMedia(cfg *config.Config, db *storage.DB, log *slog.Logger) (*media.Serv
 	}, db.Media(), blobs, log, nil), nil
 }
 
-// startMedia builds the media repository for serve and starts the task
-// that deletes expired pending media IDs. stop ends both; call it before
-// the pool closes.
-func startMedia(ctx context.Context, cfg *config.Config, db *storage.DB, log *slog.Logger) (*media.Service, func(), error) {
-	svc, err := newMedia(cfg, db, log)
+// startMedia builds the media repository for serve, starts the task that
+// deletes expired pending media IDs and, when media.url_preview.enabled,
+// builds the URL previewer (otherwise preview is nil and preview_url
+// answers 404). stop ends all of them; call it before the pool closes.
+func startMedia(ctx context.Context, cfg *config.Config, db *storage.DB, log *slog.Logger) (svc *media.Service, preview api.URLPreviewer, stop func(), err error) {
+	svc, err = newMedia(cfg, db, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	var previewer *media.Previewer
+	if up := cfg.Media.URLPreview; up.Enabled {
+		allowed, err := up.AllowedPrefixes()
+		if err != nil { // validated when the config loaded
+			svc.Close()
+			return nil, nil, nil, fmt.Errorf("media.url_preview.ip_range_allowlist: %w", err)
+		}
+		previewer = media.NewPreviewer(svc, urlpreview.ForMedia(urlpreview.New(urlpreview.Config{
+			Timeout:      time.Duration(up.Timeout),
+			MaxBytes:     up.MaxBytes,
+			AllowedCIDRs: allowed,
+		})), media.PreviewConfig{MaxImageBytes: up.MaxBytes})
+		preview = previewer
 	}
 	// Expired IDs are refused whether or not the task has run; it only
 	// reclaims their rows, so a few minutes' delay is fine.
@@ -69,7 +86,15 @@ func startMedia(ctx context.Context, cfg *config.Config, db *storage.DB, log *sl
 	ectx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); svc.RunExpiry(ectx, every) }()
-	return svc, func() { cancel(); <-done; svc.Close() }, nil
+	return svc, preview, func() {
+		cancel()
+		<-done
+		// Previews store images through svc: stop them first.
+		if previewer != nil {
+			previewer.Close()
+		}
+		svc.Close()
+	}, nil
 }
 
 // mediaCommand runs `weft media ...`.

@@ -60,9 +60,10 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	presenceDone := make(chan struct{})
 	go func() { defer close(presenceDone); accounts.RunPresence(presenceCtx) }()
 	defer func() { stopPresence(); <-presenceDone }()
-	// Media: background thumbnailing and the expiry of unused media IDs,
-	// stopped before the pool closes like the presence timer.
-	mediaRepo, stopMedia, err := startMedia(ctx, cfg, db, log)
+	// Media: background thumbnailing, the expiry of unused media IDs and
+	// URL previews (nil unless enabled), stopped before the pool closes
+	// like the presence timer.
+	mediaRepo, urlPreview, stopMedia, err := startMedia(ctx, cfg, db, log)
 	if err != nil {
 		return err
 	}
@@ -92,6 +93,7 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 		Rooms:            rooms,
 		Sync:             syncs,
 		Media:            mediaRepo,
+		URLPreview:       urlPreview,
 		RegistrationMode: cfg.Registration.Mode,
 		RateLimits:       rateLimits(cfg.RateLimits),
 		TURN: api.TURN{
