@@ -52,7 +52,12 @@ const (
 	KindAccountData
 	// KindPresence: presence of users (waking the rooms they are in).
 	KindPresence
-	kinds = 4
+	// KindToDevice: to-device messages (their target users).
+	KindToDevice
+	// KindDeviceLists: a user's devices or keys changed (the user, and
+	// the rooms they are in, so that everyone sharing one wakes).
+	KindDeviceLists
+	kinds = 6
 )
 
 // NewNotifier starts at the database's highest committed position. The
