@@ -287,7 +287,9 @@ func serveContent(w http.ResponseWriter, r *http.Request, c *media.Content, disp
 	} else {
 		h.Set("Cache-Control", "public, max-age=31536000, immutable")
 	}
-	http.ServeContent(w, r, "", c.Modified, c)
+	// c.Blob, not c: Content embeds the Blob interface, which would hide
+	// the file's WriteTo, and with it sendfile.
+	http.ServeContent(w, r, "", c.Modified, c.Blob)
 }
 
 // disposition builds a Content-Disposition value (RFC 6266): a plain ASCII
