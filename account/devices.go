@@ -39,13 +39,25 @@ func (s *Service) RenameDevice(ctx context.Context, userID id.UserID, deviceID i
 	if errors.Is(err, ErrNotFound) {
 		return errNotFound("Unknown device")
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	// The name is in /keys/query (unsigned.device_display_name).
+	s.deviceListChanged(ctx, userID)
+	return nil
 }
 
-// DeleteDevices deletes devices; their access tokens stop working at once.
+// DeleteDevices deletes devices; their access tokens stop working at once,
+// and their end-to-end keys go with them (a device-list change others see).
 // Unknown device IDs are ignored, as the spec's bulk deletion implies.
 func (s *Service) DeleteDevices(ctx context.Context, userID id.UserID, deviceIDs []id.DeviceID) error {
-	if err := s.store.DeleteDevices(ctx, userID, deviceIDs); err != nil {
+	var err error
+	if ks, ok := s.store.(KeyStore); ok {
+		err = ks.DeleteDevicesWithKeys(ctx, userID, deviceIDs)
+	} else {
+		err = s.store.DeleteDevices(ctx, userID, deviceIDs)
+	}
+	if err != nil {
 		return fmt.Errorf("deleting devices: %w", err)
 	}
 	for _, d := range deviceIDs {

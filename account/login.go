@@ -148,5 +148,8 @@ func (s *Service) LogoutAll(ctx context.Context, userID id.UserID) error {
 		return fmt.Errorf("logging out all devices: %w", err)
 	}
 	s.cache.dropUser(userID)
+	// Their keys went with them (foreign keys): tell those who share a
+	// room, so they stop encrypting for the devices.
+	s.deviceListChanged(ctx, userID)
 	return nil
 }

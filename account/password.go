@@ -101,6 +101,9 @@ func (s *Service) ChangePassword(ctx context.Context, userID id.UserID, newPassw
 	for _, d := range removed {
 		s.cache.dropDevice(userID, d)
 	}
+	if len(removed) > 0 {
+		s.deviceListChanged(ctx, userID)
+	}
 	s.log.Info("password changed", "user_id", userID, "devices_logged_out", len(removed))
 	return nil
 }
@@ -131,6 +134,7 @@ func (s *Service) Deactivate(ctx context.Context, userID id.UserID) error {
 		return fmt.Errorf("deactivating %s: %w", userID, err)
 	}
 	s.cache.dropUser(userID)
+	s.deviceListChanged(ctx, userID)
 	s.log.Info("account deactivated", "user_id", userID)
 	return nil
 }

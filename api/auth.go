@@ -32,7 +32,16 @@ func accessToken(r *http.Request) string {
 
 // requireAuth resolves the access token into a requester, then applies the
 // per-user write rate limit.
-func (s *server) requireAuth(next http.Handler) http.Handler {
+func (s *server) requireAuth(next http.Handler) http.Handler { return s.authenticate(next, true) }
+
+// requireAuthReading is requireAuth for a POST that only reads (its
+// parameters are too big for a query string, as /keys/query's): it does
+// not count against the write limit.
+func (s *server) requireAuthReading(next http.Handler) http.Handler {
+	return s.authenticate(next, false)
+}
+
+func (s *server) authenticate(next http.Handler, writeLimited bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok := accessToken(r)
 		if tok == "" {
@@ -44,7 +53,7 @@ func (s *server) requireAuth(next http.Handler) http.Handler {
 			writeError(w, r, s.log, err)
 			return
 		}
-		if r.Method != http.MethodGet && s.limits != nil && !s.exemptFromUserLimits(req) {
+		if writeLimited && r.Method != http.MethodGet && s.limits != nil && !s.exemptFromUserLimits(req) {
 			if ok, retry := s.limits.writes.allow(string(req.UserID)); !ok {
 				writeError(w, r, s.log, errLimitExceeded(retry))
 				return

@@ -11,6 +11,9 @@ type clientRoute struct {
 	method, path string
 	handler      http.HandlerFunc
 	auth         bool // needs an access token
+	// reads marks a POST that only reads: not counted as a write by the
+	// per-user rate limit.
+	reads bool
 	// r0 marks endpoints that existed in the r0 API: they are also served
 	// under /_matrix/client/r0 for clients still using those paths.
 	r0 bool
@@ -23,7 +26,9 @@ type clientRoute struct {
 func (s *server) mountClient(r chi.Router, prefix string, routes []clientRoute) {
 	for _, rt := range routes {
 		h := http.Handler(rt.handler)
-		if rt.auth {
+		if rt.auth && rt.reads {
+			h = s.requireAuthReading(h)
+		} else if rt.auth {
 			h = s.requireAuth(h)
 		}
 		if rt.ipLimit != nil {
@@ -74,12 +79,15 @@ func (s *server) v3Routes() []clientRoute {
 		{method: "GET", path: "/voip/turnServer", handler: s.turnServer, auth: true, r0: true},
 	}
 	routes = append(routes, s.pushRuleRoutes()...)
+	routes = append(routes, s.keyRoutes()...)
+	routes = append(routes, s.keyBackupRoutes()...)
 	if s.opts.Rooms != nil {
 		routes = append(routes, s.roomRoutes()...)
 		routes = append(routes, s.directoryRoutes()...)
 	}
 	if s.opts.Sync != nil {
 		routes = append(routes, s.syncRoutes()...)
+		routes = append(routes, s.toDeviceRoutes()...)
 	}
 	return routes
 }

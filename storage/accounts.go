@@ -187,8 +187,18 @@ func (a *Accounts) Deactivate(ctx context.Context, userID id.UserID) error {
 		if _, err := tx.Exec(ctx, `UPDATE profiles SET displayname = NULL, avatar_url = NULL WHERE user_id = $1`, userID); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `DELETE FROM devices WHERE user_id = $1`, userID)
-		return err
+		// Devices take their keys with them; the user's cross-signing
+		// keys and key backups go too: nobody can use them again.
+		for _, q := range []string{
+			`DELETE FROM devices WHERE user_id = $1`,
+			`DELETE FROM cross_signing_keys WHERE user_id = $1`,
+			`DELETE FROM key_backup_versions WHERE user_id = $1`,
+		} {
+			if _, err := tx.Exec(ctx, q, userID); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

@@ -1,6 +1,8 @@
 package syncapi
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,11 +35,18 @@ type Notifier struct {
 	userPos      map[id.UserID]int64
 	roomEvents   map[id.RoomID]int64
 	roomReceipts map[id.RoomID]int64
-	userKinds    map[id.UserID]*[kinds]int64
-	presencePos  int64
-	byRoom       map[id.RoomID]map[*Listener]struct{}
-	byUser       map[id.UserID]map[*Listener]struct{}
-	waiting      int
+	// roomDeviceLists: a member's devices or keys changed (a device-list
+	// change is told with the changing user's joined rooms).
+	roomDeviceLists map[id.RoomID]int64
+	// keyLog is the users of the recent KindDeviceLists commits, in
+	// position order; it holds every such commit above keyLogFrom.
+	keyLog      []keyLogEntry
+	keyLogFrom  int64
+	userKinds   map[id.UserID]*[kinds]int64
+	presencePos int64
+	byRoom      map[id.RoomID]map[*Listener]struct{}
+	byUser      map[id.UserID]map[*Listener]struct{}
+	waiting     int
 }
 
 // Kind is what a committed change was: a set of bits.
@@ -55,7 +64,11 @@ const (
 	// KindToDevice: to-device messages (their target users).
 	KindToDevice
 	// KindDeviceLists: a user's devices or keys changed (the user, and
-	// the rooms they are in, so that everyone sharing one wakes).
+	// the rooms they are in, so that everyone sharing one wakes). The
+	// users must include every user whose change the commit recorded
+	// (device_list_changes): the notifier keeps a log of them
+	// (keyChangesIn), and a user missing there would be missed by
+	// device_lists.
 	KindDeviceLists
 	kinds = 6
 )
@@ -68,6 +81,7 @@ func NewNotifier(pos int64, now time.Time) *Notifier {
 	return &Notifier{
 		pos:          pos,
 		base:         pos,
+		keyLogFrom:   pos,
 		typing:       now.UnixMilli(),
 		roomPos:      map[id.RoomID]int64{},
 		roomTyping:   map[id.RoomID]int64{},
@@ -77,6 +91,8 @@ func NewNotifier(pos int64, now time.Time) *Notifier {
 		userKinds:    map[id.UserID]*[kinds]int64{},
 		byRoom:       map[id.RoomID]map[*Listener]struct{}{},
 		byUser:       map[id.UserID]map[*Listener]struct{}{},
+
+		roomDeviceLists: map[id.RoomID]int64{},
 	}
 }
 
@@ -87,6 +103,16 @@ type Listener struct {
 	rooms []id.RoomID
 }
 
+// keyLogEntry is one user's device-list change at pos.
+type keyLogEntry struct {
+	pos  int64
+	user id.UserID
+}
+
+// maxKeyLog bounds the device-list change log: older windows are read from
+// the database.
+const maxKeyLog = 20_000
+
 // Start sets the database's highest committed position, read after the
 // notifier became the storage listener: the notifier knows nothing of the
 // changes at or below it, so tokens from before it are read in full.
@@ -95,6 +121,7 @@ func (n *Notifier) Start(pos int64) {
 	defer n.mu.Unlock()
 	n.pos = max(n.pos, pos)
 	n.base = pos
+	n.keyLogFrom = max(n.keyLogFrom, pos)
 }
 
 // Current is the position a response may read up to now.
@@ -115,6 +142,22 @@ func (n *Notifier) Committed(pos int64, k Kind, rooms []id.RoomID, users []id.Us
 	if k&KindPresence != 0 {
 		n.presencePos = max(n.presencePos, pos)
 	}
+	if k&KindDeviceLists != 0 {
+		if len(n.keyLog) > 0 && len(n.keyLog)+len(users) > maxKeyLog {
+			// Forget the older half (whole commits): the log then covers
+			// only what is above the last position forgotten.
+			n.keyLogFrom = max(n.keyLogFrom, n.keyLog[len(n.keyLog)/2].pos)
+			i, _ := slices.BinarySearchFunc(n.keyLog, n.keyLogFrom+1, keyLogCmp)
+			n.keyLog = slices.Clone(n.keyLog[i:])
+		}
+		// Commits arrive in position order (storage's stream gate); an
+		// out-of-order one would still be placed in order.
+		i, _ := slices.BinarySearchFunc(n.keyLog, pos+1, keyLogCmp)
+		for _, u := range users {
+			n.keyLog = slices.Insert(n.keyLog, i, keyLogEntry{pos, u})
+			i++
+		}
+	}
 	for _, r := range rooms {
 		n.roomPos[r] = max(n.roomPos[r], pos)
 		if k&KindEvents != 0 {
@@ -122,6 +165,9 @@ func (n *Notifier) Committed(pos int64, k Kind, rooms []id.RoomID, users []id.Us
 		}
 		if k&KindReceipts != 0 {
 			n.roomReceipts[r] = max(n.roomReceipts[r], pos)
+		}
+		if k&KindDeviceLists != 0 {
+			n.roomDeviceLists[r] = max(n.roomDeviceLists[r], pos)
 		}
 		wake(n.byRoom[r])
 	}
@@ -175,17 +221,31 @@ func (n *Notifier) userLastChange(user id.UserID, k Kind) int64 {
 }
 
 // roomChangedAfter reports whether the room had changes of kind k
-// (KindEvents or KindReceipts) after pos.
+// (KindEvents, KindReceipts or KindDeviceLists) after pos.
 func (n *Notifier) roomChangedAfter(roomID id.RoomID, k Kind, pos int64) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if pos < n.base {
 		return true
 	}
-	if k == KindEvents {
+	switch k {
+	case KindEvents:
 		return n.roomEvents[roomID] > pos
+	case KindReceipts:
+		return n.roomReceipts[roomID] > pos
+	case KindDeviceLists:
+		return n.roomDeviceLists[roomID] > pos
 	}
-	return n.roomReceipts[roomID] > pos
+	panic("not a room kind")
+}
+
+// roomLastEvent is the position of the room's last event, or the
+// notifier's base if none since it started: what is read of the room's
+// current state is the same for every read keyed by it.
+func (n *Notifier) roomLastEvent(roomID id.RoomID) int64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return max(n.roomEvents[roomID], n.base)
 }
 
 // presenceChangedAfter reports whether any presence changed after pos.
@@ -194,6 +254,29 @@ func (n *Notifier) presenceChangedAfter(pos int64) bool {
 	defer n.mu.Unlock()
 	return pos < n.base || n.presencePos > pos
 }
+
+// keyChangesIn lists the users with a device-list change in (since, to],
+// each once, from the log; ok is false when the log does not reach back to
+// since (before the notifier started, or trimmed), and the database must
+// be asked. Commits arrive in position order, so the log is sorted.
+func (n *Notifier) keyChangesIn(since, to int64) (users []id.UserID, ok bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if since < n.keyLogFrom {
+		return nil, false
+	}
+	i, _ := slices.BinarySearchFunc(n.keyLog, since+1, keyLogCmp)
+	seen := map[id.UserID]bool{}
+	for ; i < len(n.keyLog) && n.keyLog[i].pos <= to; i++ {
+		if u := n.keyLog[i].user; !seen[u] {
+			seen[u] = true
+			users = append(users, u)
+		}
+	}
+	return users, true
+}
+
+func keyLogCmp(e keyLogEntry, pos int64) int { return cmp.Compare(e.pos, pos) }
 
 // TypingChanged bumps the typing serial for a room and returns it.
 func (n *Notifier) TypingChanged(roomID id.RoomID) int64 {
@@ -227,7 +310,10 @@ func (n *Notifier) Listen(user id.UserID, rooms []id.RoomID, since Token, wake f
 	l := &Listener{wake: wake, user: user, rooms: rooms}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	changed := n.userPos[user] > since.Pos
+	// A token from before the notifier started may be behind changes it
+	// never heard of (to-device messages left after a restart, say): the
+	// request reads once instead of waiting for its timeout.
+	changed := since.Pos < n.base || n.userPos[user] > since.Pos
 	n.waiting++
 	add(n.byUser, user, l)
 	for _, r := range rooms {

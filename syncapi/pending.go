@@ -70,14 +70,18 @@ func (p *Pending) answer(expired bool) (resp *Response, again bool, err error) {
 	p.l = nil
 	to := p.s.n.Current()
 	if expired && to == p.seen {
-		return &Response{NextBatch: to.String()}, false, nil
+		resp = &Response{NextBatch: to.String()}
+	} else {
+		resp, err = p.s.read(p.ctx, p.req, p.f, &p.since, to)
+		if err != nil {
+			return nil, false, err
+		}
+		if resp.empty() && !expired {
+			p.seen = to
+			return nil, true, nil
+		}
 	}
-	resp, err = p.s.read(p.ctx, p.req, p.f, &p.since, to)
-	if err != nil || !resp.empty() || expired {
-		return resp, false, err
-	}
-	p.seen = to
-	return nil, true, nil
+	return resp, false, p.s.complete(p.ctx, p.req, resp)
 }
 
 // signal is the wake-up of the notifier, the timer and shutdown. The

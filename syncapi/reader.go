@@ -28,6 +28,17 @@ type caches struct {
 	joined *memo[memberKey, []id.RoomID]
 	// filters are parsed sync filters.
 	filters *memo[filterKey, *filter]
+	// For device lists (devicelists.go): users whose keys changed in a
+	// window; member and encryption events of a room in a window; the
+	// membership before a member event; a room's joined members and
+	// whether it is unencrypted, keyed by the room's last event.
+	keyChanges  *memo[[2]int64, []id.UserID]
+	sharing     *memo[TimelineReq, []*room.Event]
+	prevMember  *memo[id.EventID, string]
+	roomMembers *memo[stateKey, map[id.UserID]struct{}]
+	plain       *memo[stateKey, bool]
+	// encrypted holds rooms known to be encrypted, which they stay.
+	encrypted *roomSet
 }
 
 type timelineKey = TimelineReq
@@ -50,6 +61,13 @@ func newCaches() *caches {
 		members:   newMemo[memberKey, []*room.Event](30*time.Second, 50_000),
 		joined:    newMemo[memberKey, []id.RoomID](30*time.Second, 50_000),
 		filters:   newMemo[filterKey, *filter](10*time.Minute, 10_000),
+
+		keyChanges:  newMemo[[2]int64, []id.UserID](30*time.Second, 10_000),
+		sharing:     newMemo[TimelineReq, []*room.Event](30*time.Second, 20_000),
+		prevMember:  newMemo[id.EventID, string](5*time.Minute, 100_000),
+		roomMembers: newMemo[stateKey, map[id.UserID]struct{}](5*time.Minute, 10_000),
+		plain:       newMemo[stateKey, bool](5*time.Minute, 100_000),
+		encrypted:   &roomSet{m: map[id.RoomID]struct{}{}, max: 1_000_000},
 	}
 }
 
@@ -57,8 +75,11 @@ func newCaches() *caches {
 // the notifier to skip reads of what cannot have changed, and the
 // database snapshot, opened on the first read that needs it.
 type reader struct {
-	s    *Service
-	ctx  context.Context
+	s   *Service
+	ctx context.Context
+	// to is the response's upper bound as first sampled: the snapshot,
+	// opened later, holds every commit at or below it.
+	to   int64
 	snap Snapshot
 	// receipts holds prefetched receipts per window, per room.
 	receipts map[[2]int64]map[id.RoomID][]Receipt

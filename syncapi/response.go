@@ -3,6 +3,7 @@ package syncapi
 import (
 	"encoding/json"
 
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -14,10 +15,29 @@ type Response struct {
 	Presence    *EventList `json:"presence,omitempty"`
 	AccountData *EventList `json:"account_data,omitempty"`
 	ToDevice    *EventList `json:"to_device,omitempty"`
+	// DeviceLists: incremental syncs only, and only when not empty.
+	DeviceLists *mautrix.DeviceLists `json:"device_lists,omitempty"`
+	// DeviceOneTimeKeysCount and DeviceUnusedFallbackKeyTypes are in
+	// every response (Service.complete), and are not news.
+	DeviceOneTimeKeysCount       map[id.KeyAlgorithm]int `json:"device_one_time_keys_count,omitempty"`
+	DeviceUnusedFallbackKeyTypes FallbackKeyTypes        `json:"device_unused_fallback_key_types"`
 }
 
+// empty reports whether the response has no news: a long-poll does not
+// answer with it. The key counts are not news.
 func (r *Response) empty() bool {
-	return r.Rooms == nil && r.Presence == nil && r.AccountData == nil && r.ToDevice == nil
+	return r.Rooms == nil && r.Presence == nil && r.AccountData == nil && r.ToDevice == nil && r.DeviceLists == nil
+}
+
+// FallbackKeyTypes is device_unused_fallback_key_types: always a list,
+// never null (the spec requires the field).
+type FallbackKeyTypes []id.KeyAlgorithm
+
+func (f FallbackKeyTypes) MarshalJSON() ([]byte, error) {
+	if f == nil {
+		return []byte("[]"), nil
+	}
+	return json.Marshal([]id.KeyAlgorithm(f))
 }
 
 // Rooms are the four membership sections.

@@ -16,6 +16,9 @@ type Store interface {
 	// read of one response that goes to the database sees the same
 	// database. Close ends it.
 	Snapshot(ctx context.Context) (Snapshot, error)
+	// SendToDevice and AckToDevice write to-device messages
+	// (todevice.go).
+	ToDeviceStore
 }
 
 // Snapshot reads the stream inside one read transaction. Every method
@@ -51,6 +54,22 @@ type Snapshot interface {
 	// Presence lists the presence, changed in (since, to], of the user
 	// and of the users sharing a joined room with them.
 	Presence(user id.UserID, since, to int64) ([]Presence, error)
+	// ToDevice lists up to limit of the device's to-device messages with
+	// positions in (since, to], oldest first.
+	ToDevice(user id.UserID, device id.DeviceID, since, to int64, limit int) ([]ToDeviceMessage, error)
+	// DeviceListChanges lists the users whose devices or keys changed in
+	// (since, to], each once.
+	DeviceListChanges(since, to int64) ([]id.UserID, error)
+	// SharingEvents is, for each request, the room's m.room.member and
+	// m.room.encryption events in (From, To], oldest first (Limit is
+	// ignored): the events that change who shares an encrypted room.
+	SharingEvents(reqs []TimelineReq) (map[TimelineReq][]*room.Event, error)
+	// EncryptedRooms lists those of rooms with m.room.encryption in their
+	// current state. Current state, not state at a position: see
+	// devicelists.go for why that is enough.
+	EncryptedRooms(rooms []id.RoomID) ([]id.RoomID, error)
+	// JoinedMembers lists each room's joined members in its current state.
+	JoinedMembers(rooms []id.RoomID) (map[id.RoomID][]id.UserID, error)
 	// Close ends the transaction.
 	Close()
 }

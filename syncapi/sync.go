@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tidwall/gjson"
@@ -31,6 +32,15 @@ type Config struct {
 	// user counts as syncing until end is called, when the request
 	// answers. end is called even when err is not nil.
 	Presence func(ctx context.Context, user id.UserID, state string) (end func(), err error)
+	// KeyCounts, when set, gives the device's unclaimed one-time key
+	// counts and its unused fallback key algorithms, for every response.
+	KeyCounts func(ctx context.Context, user id.UserID, device id.DeviceID) (counts map[id.KeyAlgorithm]int, unusedFallback []id.KeyAlgorithm, err error)
+	// ServerName tells local users from remote ones (to-device messages
+	// for remote users are dropped until federation); empty: all local.
+	ServerName string
+	// ToDeviceBacklog bounds each device's waiting to-device messages
+	// (0: DefaultToDeviceBacklog).
+	ToDeviceBacklog int
 }
 
 // Service answers /sync.
@@ -46,6 +56,9 @@ type Service struct {
 	// HTTP server can drain.
 	stopping chan struct{}
 	cache    *caches
+	// acks and toDeviceDropped: todevice.go.
+	acks            toDeviceAcks
+	toDeviceDropped atomic.Uint64
 }
 
 // New builds the sync service around a notifier fed by storage.
@@ -53,7 +66,8 @@ func New(cfg Config, store Store, rooms *room.Service, n *Notifier, log *slog.Lo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{cfg: cfg, store: store, rooms: rooms, n: n, typing: newTyping(n), log: log, now: time.Now, stopping: make(chan struct{}), cache: newCaches()}
+	return &Service{cfg: cfg, store: store, rooms: rooms, n: n, typing: newTyping(n), log: log, now: time.Now, stopping: make(chan struct{}), cache: newCaches(),
+		acks: toDeviceAcks{upTo: map[deviceKey]int64{}}}
 }
 
 // Stop answers every waiting and future long-poll at once (shutdown).
@@ -118,6 +132,11 @@ func (s *Service) Start(ctx context.Context, req Request) (*Response, *Pending, 
 			t.Typing = 0 // from before a restart: send the typing state again
 		}
 		since = &t
+		// The device has everything up to its token: what was waiting
+		// for it there is delivered.
+		if err := s.ackToDevice(ctx, req.User, req.Device, t.Pos); err != nil {
+			return nil, nil, err
+		}
 	}
 	switch req.SetPresence {
 	case "", "online", "offline", "unavailable":
@@ -142,6 +161,9 @@ func (s *Service) Start(ctx context.Context, req Request) (*Response, *Pending, 
 	if since == nil || req.FullState {
 		defer endPresence()
 		resp, err := s.read(ctx, req, f, since, s.n.Current())
+		if err == nil {
+			err = s.complete(ctx, req, resp)
+		}
 		return resp, nil, err
 	}
 	p := &Pending{
@@ -227,7 +249,7 @@ func (s *Service) read(ctx context.Context, req Request, f *filter, since *Token
 	resp := &Response{NextBatch: to.String()}
 	// Reads fill caches other requests wait on: a client going away must
 	// not fail them, so they do not stop with the request.
-	rd := &reader{s: s, ctx: context.WithoutCancel(ctx)}
+	rd := &reader{s: s, ctx: context.WithoutCancel(ctx), to: to.Pos}
 	defer rd.close()
 	b := &builder{s: s, rd: rd, req: req, f: f, since: since, to: to, resp: resp}
 	if err := b.build(); err != nil {
@@ -257,21 +279,18 @@ func (b *builder) sincePos() int64 {
 }
 
 func (b *builder) build() error {
+	// First: it may lower b.to.
+	if err := b.toDevice(); err != nil {
+		return err
+	}
 	user := b.req.User
 	now, err := b.rd.MemberEvents(user, b.to.Pos)
 	if err != nil {
 		return fmt.Errorf("reading memberships: %w", err)
 	}
-	// Membership at the token, for rooms whose membership changed since.
-	before := map[id.RoomID]string{}
-	if b.since != nil && slices.ContainsFunc(now, func(e *room.Event) bool { return e.StreamPos > b.since.Pos }) {
-		old, err := b.rd.MemberEvents(user, b.since.Pos)
-		if err != nil {
-			return fmt.Errorf("reading memberships: %w", err)
-		}
-		for _, e := range old {
-			before[e.RoomID] = membershipOf(e)
-		}
+	before, err := b.rd.membershipsBefore(user, b.since, now)
+	if err != nil {
+		return err
 	}
 	if b.accountData, err = b.rd.AccountData(user, b.sincePos(), b.to.Pos); err != nil {
 		return err
@@ -343,8 +362,33 @@ func (b *builder) build() error {
 	if len(global) > 0 {
 		b.resp.AccountData = &EventList{Events: global}
 	}
+	if b.since != nil {
+		if b.resp.DeviceLists, err = b.s.deviceLists(b.rd, user, b.since.Pos, b.to.Pos, b.page(), now, before); err != nil {
+			return fmt.Errorf("device lists: %w", err)
+		}
+	}
 	return b.presence()
 }
+
+// membershipsBefore is the user's membership in each room at since, read
+// only when a membership changed after it (now holds a member event newer
+// than since); otherwise empty.
+func (r *reader) membershipsBefore(user id.UserID, since *Token, now []*room.Event) (map[id.RoomID]string, error) {
+	before := map[id.RoomID]string{}
+	if since != nil && slices.ContainsFunc(now, func(e *room.Event) bool { return e.StreamPos > since.Pos }) {
+		old, err := r.MemberEvents(user, since.Pos)
+		if err != nil {
+			return nil, fmt.Errorf("reading memberships: %w", err)
+		}
+		for _, e := range old {
+			before[e.RoomID] = membershipOf(e)
+		}
+	}
+	return before, nil
+}
+
+// page is how many events a timeline read asks for at once.
+func (b *builder) page() int { return max(b.f.timelineLimit()+1, 50) }
 
 // roomSince is where a joined room's part of the response starts: the
 // token, or 0 for a room joined within the window (new to the device).
@@ -360,7 +404,7 @@ func (b *builder) roomSince(m *room.Event, before map[id.RoomID]string) int64 {
 func (b *builder) prefetch(members []*room.Event, before map[id.RoomID]string) error {
 	var reqs []TimelineReq
 	windows := map[int64][]id.RoomID{}
-	page := max(b.f.timelineLimit()+1, 50)
+	page := b.page()
 	for _, m := range members {
 		if membershipOf(m) != "join" || !b.f.roomAllowed(m.RoomID) {
 			continue
@@ -430,7 +474,7 @@ func (b *builder) timeline(member *room.Event, from, to int64) (tl []*room.Event
 		return nil, false, false, err
 	}
 	limit := b.f.timelineLimit()
-	page := max(limit+1, 50)
+	page := b.page()
 	var out []*room.Event
 	skipped := false // an event in the range was left out before the limit
 	upper := to

@@ -63,6 +63,8 @@ func newSync(ctx context.Context, db *storage.DB, accounts *account.Service, roo
 		},
 		ValidateFilter: account.ValidateFilter,
 		Presence:       accounts.SyncPresence,
+		ServerName:     accounts.ServerName(),
+		KeyCounts:      accounts.OneTimeKeyCounts,
 	}, db.Sync(), rooms, n, log), nil
 }
 
