@@ -50,6 +50,8 @@ type Service struct {
 	dummyHash string
 	// presence tracks in-flight /syncs and the presence timeouts (presence.go).
 	presence presenceTracker
+	// keyCounts caches devices' one-time key counts (keycounts.go).
+	keyCounts keyCountCache
 }
 
 // New builds the service. now may be nil (time.Now).

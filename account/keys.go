@@ -245,6 +245,8 @@ func (s *Service) UploadKeys(ctx context.Context, r *Requester, req UploadKeysRe
 		up.Fallback = append(up.Fallback, k)
 	}
 	counts, err := ks.UploadKeys(ctx, r.UserID, r.DeviceID, up)
+	// Also on failure: part of it may have been stored.
+	s.keyCounts.invalidate(deviceRef{r.UserID, r.DeviceID})
 	switch {
 	case errors.Is(err, ErrDeviceKeysChanged):
 		return nil, errInvalidParam("This device already has other identity keys; log in as a new device to use new keys")
@@ -275,6 +277,11 @@ func withSignedCurveCount(counts map[id.KeyAlgorithm]int) map[id.KeyAlgorithm]in
 // unclaimed one-time keys per algorithm (signed_curve25519 always listed)
 // and the algorithms of its unused fallback keys (never nil).
 func (s *Service) OneTimeKeyCounts(ctx context.Context, user id.UserID, device id.DeviceID) (map[id.KeyAlgorithm]int, []id.KeyAlgorithm, error) {
+	ref := deviceRef{user, device}
+	e, ok, gen := s.keyCounts.get(ref, s.now())
+	if ok {
+		return e.counts, e.fallback, nil
+	}
 	ks, err := s.keyStore()
 	if err != nil {
 		return nil, nil, err
@@ -286,7 +293,9 @@ func (s *Service) OneTimeKeyCounts(ctx context.Context, user id.UserID, device i
 	if fallback == nil {
 		fallback = []id.KeyAlgorithm{}
 	}
-	return withSignedCurveCount(counts), fallback, nil
+	e = keyCountEntry{counts: withSignedCurveCount(counts), fallback: fallback, at: s.now()}
+	s.keyCounts.put(ref, gen, e)
+	return e.counts, e.fallback, nil
 }
 
 // checkDeviceKeys validates a device_keys object for user's device and
@@ -580,6 +589,9 @@ func (s *Service) ClaimKeys(ctx context.Context, r *Requester, req map[id.UserID
 		return resp, nil
 	}
 	got, err := ks.ClaimKeys(ctx, claims)
+	for _, c := range claims {
+		s.keyCounts.invalidate(deviceRef{c.UserID, c.DeviceID})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("claiming keys: %w", err)
 	}

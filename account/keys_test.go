@@ -308,6 +308,11 @@ func TestKeysCrossSigningUpload(t *testing.T) {
 	if err := svc.UploadCrossSigningKeys(ctx, d.r, first, nil); err != nil {
 		t.Fatalf("the same keys again: %v", err)
 	}
+	// And the other way round: a login may not take a cross-signing public
+	// key as its device ID.
+	if _, err := svc.LoginPassword(ctx, "bob", "password bob", account.DeviceParams{DeviceID: id.DeviceID(master.b64())}); errcode(err) != "M_INVALID_PARAM" {
+		t.Fatalf("login with the master key as device ID: %v", err)
+	}
 	// A new self-signing key (signed by the stored master) needs UIA.
 	ssk2 := newKeysSigner(t)
 	replace := account.CrossSigningUploadRequest{SelfSigning: rawJSON(t, xsKey(t, user, "self_signing", ssk2, &master))}
@@ -520,5 +525,56 @@ func TestKeysClaimAndDeviceDeletion(t *testing.T) {
 	resp, err := svc.ClaimKeys(ctx, d1.r, req)
 	if err != nil || len(resp.OneTimeKeys[u]) != 1 {
 		t.Fatalf("claim after deletion: %+v %v", resp, err)
+	}
+}
+
+// TestKeysOneTimeKeyCountsFollowUploadsAndClaims: the counts /sync reports
+// are cached per device, and uploads and claims make them current at once.
+func TestKeysOneTimeKeyCountsFollowUploadsAndClaims(t *testing.T) {
+	ctx := context.Background()
+	svc, _, _ := newService(t)
+	keysUser(t, svc, "fay")
+	d := newKeysDevice(t, svc, "fay", "")
+	count := func() int {
+		t.Helper()
+		var n int
+		for range 2 { // the second read comes from the cache
+			counts, fallback, err := svc.OneTimeKeyCounts(ctx, d.r.UserID, d.r.DeviceID)
+			if err != nil || fallback == nil {
+				t.Fatalf("counts: %v %v", fallback, err)
+			}
+			n = counts[id.KeyAlgorithmSignedCurve25519]
+		}
+		return n
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("before any upload: %d", n)
+	}
+	if _, err := svc.UploadKeys(ctx, d.r, account.UploadKeysRequest{
+		DeviceKeys: rawJSON(t, d.deviceKeys(t)),
+		OneTimeKeys: map[string]json.RawMessage{
+			"signed_curve25519:1": rawJSON(t, d.otk(t, "a", false)),
+			"signed_curve25519:2": rawJSON(t, d.otk(t, "b", false)),
+		},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 2 {
+		t.Fatalf("after uploading 2: %d", n)
+	}
+	claim := map[id.UserID]map[id.DeviceID]id.KeyAlgorithm{d.r.UserID: {d.r.DeviceID: id.KeyAlgorithmSignedCurve25519}}
+	if _, err := svc.ClaimKeys(ctx, d.r, claim); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("after a claim: %d", n)
+	}
+	if _, err := svc.UploadKeys(ctx, d.r, account.UploadKeysRequest{
+		OneTimeKeys: map[string]json.RawMessage{"signed_curve25519:3": rawJSON(t, d.otk(t, "c", false))},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 2 {
+		t.Fatalf("after uploading another: %d", n)
 	}
 }

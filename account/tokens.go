@@ -93,6 +93,9 @@ func (s *Service) startSession(ctx context.Context, userID id.UserID, p DevicePa
 	if err := validDeviceID(p.DeviceID); err != nil {
 		return nil, err
 	}
+	if err := s.checkDeviceIDFree(ctx, userID, p.DeviceID); err != nil {
+		return nil, err
+	}
 	sess, creds := s.newSession(p)
 	if err := s.store.CreateSession(ctx, userID, sess); err != nil {
 		return nil, fmt.Errorf("creating session: %w", err)
@@ -304,3 +307,26 @@ func (c *tokenCache) dropDevice(userID id.UserID, deviceID id.DeviceID) {
 
 // dropUser forgets every token of a user.
 func (c *tokenCache) dropUser(userID id.UserID) { c.dropDevice(userID, "") }
+
+// checkDeviceIDFree refuses a client-chosen device ID equal to one of the
+// user's cross-signing public keys: clients look keys up by ID in one
+// namespace, and the spec forbids the collision.
+func (s *Service) checkDeviceIDFree(ctx context.Context, userID id.UserID, d id.DeviceID) error {
+	if d == "" {
+		return nil
+	}
+	ks, err := s.keyStore()
+	if err != nil {
+		return nil // a store without keys has no cross-signing keys
+	}
+	keys, err := ks.CrossSigningKeys(ctx, []id.UserID{userID})
+	if err != nil {
+		return fmt.Errorf("reading cross-signing keys of %s: %w", userID, err)
+	}
+	for _, k := range keys {
+		if k.PublicKey == string(d) {
+			return errInvalidParam("device_id is one of this user's cross-signing keys")
+		}
+	}
+	return nil
+}
