@@ -163,24 +163,16 @@ func (s *server) park(w http.ResponseWriter, r *http.Request, p *syncapi.Pending
 	ln := s.opts.Listener
 	ln.parked.Add(1)
 	p.Then(func(resp *syncapi.Response, err error) {
-		// This runs on a sync worker: encode here, and leave what can
-		// block on the client (writing, waiting for its next request) to
-		// a goroutine of its own, whose stack stays shallow.
-		out, status, n := s.renderParked(pr, resp, err)
+		defer ln.parked.Done()
+		status, n, werr := s.writeParked(conn, pr, resp, err)
 		d.complete(status, n)
-		go func() {
-			defer ln.parked.Done()
-			_ = conn.SetWriteDeadline(time.Now().Add(parkedWriteTimeout))
-			_, werr := conn.Write(out)
-			_ = conn.SetWriteDeadline(time.Time{})
-			if werr != nil || !pr.keepAlive {
-				_ = conn.Close()
-				return
-			}
-			if c := awaitNextRequest(conn); c == nil || !ln.handBack(c) {
-				_ = conn.Close()
-			}
-		}()
+		if werr != nil || !pr.keepAlive {
+			_ = conn.Close()
+			return
+		}
+		if c := awaitNextRequest(conn); c == nil || !ln.handBack(c) {
+			_ = conn.Close()
+		}
 	})
 	return true
 }
@@ -214,9 +206,9 @@ type parkedRequest struct {
 	keepAlive        bool
 }
 
-// renderParked encodes the HTTP/1.1 response of a parked request, with the
-// headers the middleware gives every response.
-func (s *server) renderParked(pr parkedRequest, resp *syncapi.Response, err error) (out []byte, status int, bodyLen int64) {
+// writeParked writes one HTTP/1.1 response on a parked connection, with
+// the headers the middleware gives every response.
+func (s *server) writeParked(conn net.Conn, pr parkedRequest, resp *syncapi.Response, err error) (int, int64, error) {
 	rec := &bufferedResponse{header: http.Header{}}
 	h := rec.header
 	setCORS(h)
@@ -232,13 +224,15 @@ func (s *server) renderParked(pr parkedRequest, resp *syncapi.Response, err erro
 	if !pr.keepAlive {
 		h.Set("Connection", "close")
 	}
-	var b bytes.Buffer
-	b.Grow(rec.body.Len() + 512)
-	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", rec.status, http.StatusText(rec.status))
-	_ = h.Write(&b)
-	b.WriteString("\r\n")
-	b.Write(rec.body.Bytes())
-	return b.Bytes(), rec.status, int64(rec.body.Len())
+	var out bytes.Buffer
+	fmt.Fprintf(&out, "HTTP/1.1 %d %s\r\n", rec.status, http.StatusText(rec.status))
+	_ = h.Write(&out)
+	out.WriteString("\r\n")
+	out.Write(rec.body.Bytes())
+	_ = conn.SetWriteDeadline(time.Now().Add(parkedWriteTimeout))
+	_, werr := conn.Write(out.Bytes())
+	_ = conn.SetWriteDeadline(time.Time{})
+	return rec.status, int64(rec.body.Len()), werr
 }
 
 // bufferedResponse collects a response in memory.

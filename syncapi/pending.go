@@ -93,7 +93,7 @@ func (p *Pending) signal() {
 	p.running = p.running || run
 	p.mu.Unlock()
 	if run {
-		p.s.workers.run(p.step)
+		go p.step()
 	}
 }
 
@@ -162,7 +162,7 @@ func (p *Pending) Then(done func(*Response, error)) {
 	p.running = run
 	p.mu.Unlock()
 	if run {
-		p.s.workers.run(p.step)
+		go p.step()
 	}
 }
 

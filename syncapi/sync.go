@@ -56,7 +56,6 @@ type Service struct {
 	// HTTP server can drain.
 	stopping chan struct{}
 	cache    *caches
-	workers  *workers
 	// acks and toDeviceDropped: todevice.go.
 	acks            toDeviceAcks
 	toDeviceDropped atomic.Uint64
@@ -68,7 +67,7 @@ func New(cfg Config, store Store, rooms *room.Service, n *Notifier, log *slog.Lo
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Service{cfg: cfg, store: store, rooms: rooms, n: n, typing: newTyping(n), log: log, now: time.Now, stopping: make(chan struct{}), cache: newCaches(),
-		acks: toDeviceAcks{upTo: map[deviceKey]int64{}}, workers: newWorkers(defaultWorkers())}
+		acks: toDeviceAcks{upTo: map[deviceKey]int64{}}}
 }
 
 // Stop answers every waiting and future long-poll at once (shutdown).
