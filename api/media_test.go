@@ -29,12 +29,12 @@ import (
 	"time"
 
 	_ "golang.org/x/image/webp" // image.Decode of WebP thumbnails' sources in checks
-	"golang.org/x/net/dns/dnsmessage"
 	"maunium.net/go/mautrix"
 
 	"github.com/weftchat/weft/account"
 	"github.com/weftchat/weft/api"
 	"github.com/weftchat/weft/internal/urlpreview"
+	"github.com/weftchat/weft/internal/urlpreview/ssrftest"
 	"github.com/weftchat/weft/media"
 	"github.com/weftchat/weft/media/thumbnail"
 	"github.com/weftchat/weft/storage"
@@ -835,138 +835,6 @@ func (st *mediaStack) mediaCount(t *testing.T) int64 {
 	return n
 }
 
-// trapListener counts the connections that reach it: a refused preview
-// must not connect at all.
-type trapListener struct {
-	ln       net.Listener
-	accepted atomic.Int64
-}
-
-func newTrapListener(t *testing.T, network, addr string) *trapListener {
-	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatalf("trap listener on %s: %v", addr, err)
-	}
-	tr := &trapListener{ln: ln}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			tr.accepted.Add(1)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return tr
-}
-
-func (tr *trapListener) port() int { return tr.ln.Addr().(*net.TCPAddr).Port }
-
-// wantReachable proves a zero count means something: the trap does count
-// a connection that is made.
-func (tr *trapListener) wantReachable(t *testing.T) {
-	t.Helper()
-	before := tr.accepted.Load()
-	c, err := net.Dial(tr.ln.Addr().Network(), tr.ln.Addr().String())
-	if err != nil {
-		t.Fatalf("dialling the trap: %v", err)
-	}
-	c.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for tr.accepted.Load() == before {
-		if time.Now().After(deadline) {
-			t.Fatal("the trap did not count a direct connection")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// startTestDNS serves A and AAAA records for names (no trailing dot) over
-// UDP on 127.0.0.1 and returns a resolver that asks only it, so no test
-// reaches a real DNS server. Other names are NXDOMAIN.
-func startTestDNS(t *testing.T, records map[string][]string) *net.Resolver {
-	t.Helper()
-	zone := map[string][]netip.Addr{}
-	for name, addrs := range records {
-		for _, a := range addrs {
-			zone[strings.ToLower(name)+"."] = append(zone[strings.ToLower(name)+"."], netip.MustParseAddr(a))
-		}
-	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("DNS stub: %v", err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { pc.Close(); <-done })
-	go func() {
-		defer close(done)
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if resp, err := dnsAnswer(buf[:n], zone); err == nil {
-				_, _ = pc.WriteTo(resp, from)
-			}
-		}
-	}()
-	addr := pc.LocalAddr().String()
-	return &net.Resolver{
-		PreferGo: true,
-		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "udp", addr)
-		},
-	}
-}
-
-func dnsAnswer(query []byte, zone map[string][]netip.Addr) ([]byte, error) {
-	var p dnsmessage.Parser
-	hdr, err := p.Start(query)
-	if err != nil {
-		return nil, err
-	}
-	q, err := p.Question()
-	if err != nil {
-		return nil, err
-	}
-	addrs, known := zone[strings.ToLower(q.Name.String())]
-	rcode := dnsmessage.RCodeSuccess
-	if !known {
-		rcode = dnsmessage.RCodeNameError
-	}
-	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: hdr.ID, Response: true, Authoritative: true,
-		RecursionDesired: hdr.RecursionDesired, RecursionAvailable: true, RCode: rcode})
-	if err := b.StartQuestions(); err != nil {
-		return nil, err
-	}
-	if err := b.Question(q); err != nil {
-		return nil, err
-	}
-	if err := b.StartAnswers(); err != nil {
-		return nil, err
-	}
-	rh := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 1}
-	for _, a := range addrs {
-		switch {
-		case q.Type == dnsmessage.TypeA && a.Is4():
-			err = b.AResource(rh, dnsmessage.AResource{A: a.As4()})
-		case q.Type == dnsmessage.TypeAAAA && a.Is6():
-			err = b.AAAAResource(rh, dnsmessage.AAAAResource{AAAA: a.As16()})
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	return b.Finish()
-}
-
 // previewSite serves an OpenGraph page at / whose og:image is /logo.png,
 // the image, and a few failure cases; hits counts requests by path.
 type previewSite struct {
@@ -1112,15 +980,15 @@ func TestMediaPreviewURLFailures(t *testing.T) {
 // THE SSRF TEST: with no allow-list, nothing private is fetched, whatever
 // form the address takes, and nothing is stored.
 func TestMediaPreviewURLRefusesPrivateAddresses(t *testing.T) {
-	trap4 := newTrapListener(t, "tcp4", "127.0.0.1:0")
-	var trap6 *trapListener
+	trap4 := ssrftest.NewTrap(t, "tcp4", "127.0.0.1:0")
+	var trap6 *ssrftest.Trap
 	p6 := 1
 	if ln, err := net.Listen("tcp6", "[::1]:0"); err == nil {
 		ln.Close()
-		trap6 = newTrapListener(t, "tcp6", "[::1]:0")
-		p6 = trap6.port()
+		trap6 = ssrftest.NewTrap(t, "tcp6", "[::1]:0")
+		p6 = trap6.Port()
 	}
-	resolver := startTestDNS(t, map[string][]string{
+	resolver := ssrftest.DNS(t, map[string][]string{
 		"intranet.weft.test": {"127.0.0.1"},
 		"six.weft.test":      {"::1"},
 		"meta.weft.test":     {"169.254.169.254"},
@@ -1132,7 +1000,7 @@ func TestMediaPreviewURLRefusesPrivateAddresses(t *testing.T) {
 	}
 	st := newPreviewStack(t, urlpreview.Config{Resolver: resolver, Timeout: 3 * time.Second})
 	tok := st.register(t, "mallory")
-	p4 := trap4.port()
+	p4 := trap4.Port()
 	targets := []string{
 		fmt.Sprintf("http://127.0.0.1:%d/", p4),
 		"http://10.0.0.1/",
@@ -1160,15 +1028,15 @@ func TestMediaPreviewURLRefusesPrivateAddresses(t *testing.T) {
 			}
 		}
 	}
-	if n := trap4.accepted.Load(); n != 0 {
+	if n := trap4.Accepted(); n != 0 {
 		t.Errorf("the IPv4 loopback trap accepted %d connections", n)
 	}
-	trap4.wantReachable(t)
+	trap4.WantReachable(t)
 	if trap6 != nil {
-		if n := trap6.accepted.Load(); n != 0 {
+		if n := trap6.Accepted(); n != 0 {
 			t.Errorf("the IPv6 loopback trap accepted %d connections", n)
 		}
-		trap6.wantReachable(t)
+		trap6.WantReachable(t)
 	}
 	if blobs, tmp := st.blobFiles(t); len(blobs) != 0 || len(tmp) != 0 {
 		t.Errorf("refused previews stored files: %v %v", blobs, tmp)
@@ -1181,8 +1049,8 @@ func TestMediaPreviewURLRefusesPrivateAddresses(t *testing.T) {
 // A page the operator allows cannot redirect, or point its og:image, at an
 // address that is not allowed.
 func TestMediaPreviewURLRefusesRedirectsToPrivateAddresses(t *testing.T) {
-	trap := newTrapListener(t, "tcp4", "127.0.0.1:0")
-	trapURL := fmt.Sprintf("http://127.0.0.1:%d/secret.png", trap.port())
+	trap := ssrftest.NewTrap(t, "tcp4", "127.0.0.1:0")
+	trapURL := fmt.Sprintf("http://127.0.0.1:%d/secret.png", trap.Port())
 	// The allowed site lives on 127.0.0.2; 127.0.0.1 stays refused.
 	ln, err := net.Listen("tcp4", "127.0.0.2:0")
 	if err != nil {
@@ -1226,10 +1094,10 @@ func TestMediaPreviewURLRefusesRedirectsToPrivateAddresses(t *testing.T) {
 			t.Errorf("preview keeps %s although its image was refused: %s", k, r.body)
 		}
 	}
-	if n := trap.accepted.Load(); n != 0 {
+	if n := trap.Accepted(); n != 0 {
 		t.Errorf("the trap accepted %d connections", n)
 	}
-	trap.wantReachable(t)
+	trap.WantReachable(t)
 	if n := st.mediaCount(t); n != 0 {
 		t.Errorf("%d media rows stored", n)
 	}

@@ -16,43 +16,12 @@ import (
 	"time"
 
 	"github.com/weftchat/weft/internal/urlpreview"
+	"github.com/weftchat/weft/internal/urlpreview/ssrftest"
 )
 
 // allowLoopback lets a fetcher reach the tests' httptest servers, which
 // listen on 127.0.0.1; every other loopback address stays refused.
 var allowLoopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
-
-// trap is a listener that counts the connections that reach it: a refused
-// fetch must not connect at all.
-type trap struct {
-	ln       net.Listener
-	accepted atomic.Int64
-}
-
-func newTrap(t *testing.T, network, addr string) *trap {
-	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatalf("trap listener on %s: %v", addr, err)
-	}
-	tr := &trap{ln: ln}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			tr.accepted.Add(1)
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return tr
-}
-
-func (tr *trap) port() int { return tr.ln.Addr().(*net.TCPAddr).Port }
 
 func htmlServer(t *testing.T, mux *http.ServeMux) *httptest.Server {
 	t.Helper()
@@ -62,16 +31,16 @@ func htmlServer(t *testing.T, mux *http.ServeMux) *httptest.Server {
 }
 
 func TestRefusesDeniedAddressesAtDialTime(t *testing.T) {
-	tr4 := newTrap(t, "tcp4", "127.0.0.1:0")
-	p4 := tr4.port()
-	var tr6 *trap
+	tr4 := ssrftest.NewTrap(t, "tcp4", "127.0.0.1:0")
+	p4 := tr4.Port()
+	var tr6 *ssrftest.Trap
 	p6 := 1
 	// The refusal is checked on every machine; whether a connection was
 	// attempted is only observable where IPv6 loopback exists.
 	if ln, err := net.Listen("tcp6", "[::1]:0"); err == nil {
 		ln.Close()
-		tr6 = newTrap(t, "tcp6", "[::1]:0")
-		p6 = tr6.port()
+		tr6 = ssrftest.NewTrap(t, "tcp6", "[::1]:0")
+		p6 = tr6.Port()
 	}
 	f := urlpreview.New(urlpreview.Config{Timeout: 5 * time.Second})
 	for _, u := range []string{
@@ -98,19 +67,19 @@ func TestRefusesDeniedAddressesAtDialTime(t *testing.T) {
 			t.Errorf("FetchImage(%s) = %v; want ErrRefused", u, err)
 		}
 	}
-	if n := tr4.accepted.Load(); n != 0 {
+	if n := tr4.Accepted(); n != 0 {
 		t.Errorf("IPv4 loopback trap accepted %d connections, want 0", n)
 	}
-	if tr6 != nil && tr6.accepted.Load() != 0 {
-		t.Errorf("IPv6 loopback trap accepted %d connections, want 0", tr6.accepted.Load())
+	if tr6 != nil && tr6.Accepted() != 0 {
+		t.Errorf("IPv6 loopback trap accepted %d connections, want 0", tr6.Accepted())
 	}
 
 	// The same trap is reachable when allowed: the zero counts above are
 	// the check's doing, not an unreachable listener.
 	allowed := urlpreview.New(urlpreview.Config{Timeout: 5 * time.Second, AllowedCIDRs: allowLoopback})
 	_, err := allowed.Fetch(context.Background(), fmt.Sprintf("http://127.0.0.1:%d/", p4))
-	if errors.Is(err, urlpreview.ErrRefused) || tr4.accepted.Load() == 0 {
-		t.Errorf("allowed fetch: err %v, trap accepted %d; want a connection", err, tr4.accepted.Load())
+	if errors.Is(err, urlpreview.ErrRefused) || tr4.Accepted() == 0 {
+		t.Errorf("allowed fetch: err %v, trap accepted %d; want a connection", err, tr4.Accepted())
 	}
 }
 
@@ -124,7 +93,7 @@ func TestRefusesNamesResolvingToDeniedAddresses(t *testing.T) {
 	srv := htmlServer(t, mux)
 	port := srv.Listener.Addr().(*net.TCPAddr).Port
 
-	resolver := startDNSStub(t, map[string][]string{
+	resolver := ssrftest.DNS(t, map[string][]string{
 		"loopback.weft.test": {"127.0.0.1"},
 		"mapped.weft.test":   {"::ffff:10.0.0.1"},
 		"nat64.weft.test":    {"64:ff9b::a00:1"},
@@ -153,7 +122,7 @@ func TestRefusesNamesResolvingToDeniedAddresses(t *testing.T) {
 }
 
 func TestRedirects(t *testing.T) {
-	resolver := startDNSStub(t, map[string][]string{"nat64.weft.test": {"64:ff9b::7f00:1"}})
+	resolver := ssrftest.DNS(t, map[string][]string{"nat64.weft.test": {"64:ff9b::7f00:1"}})
 	var loops atomic.Int64
 	mux := http.NewServeMux()
 	redirect := func(path, to string) {
@@ -495,8 +464,8 @@ func TestRefusalErrorDetail(t *testing.T) {
 // variables once per process, so this test must be the first code in the
 // binary to consult them; nothing else here does.)
 func TestIgnoresEnvironmentProxy(t *testing.T) {
-	proxy := newTrap(t, "tcp4", "127.0.0.1:0")
-	proxyURL := fmt.Sprintf("http://127.0.0.1:%d", proxy.port())
+	proxy := ssrftest.NewTrap(t, "tcp4", "127.0.0.1:0")
+	proxyURL := fmt.Sprintf("http://127.0.0.1:%d", proxy.Port())
 	for _, k := range []string{"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"} {
 		t.Setenv(k, proxyURL)
 	}
@@ -510,10 +479,10 @@ func TestIgnoresEnvironmentProxy(t *testing.T) {
 	srv := htmlServer(t, mux)
 	port := srv.Listener.Addr().(*net.TCPAddr).Port
 	// A name, not an IP literal: net/http never proxies loopback literals.
-	resolver := startDNSStub(t, map[string][]string{"direct.weft.test": {"127.0.0.1"}})
+	resolver := ssrftest.DNS(t, map[string][]string{"direct.weft.test": {"127.0.0.1"}})
 	f := urlpreview.New(urlpreview.Config{Timeout: 5 * time.Second, Resolver: resolver, AllowedCIDRs: allowLoopback})
 	res, err := f.Fetch(context.Background(), fmt.Sprintf("http://direct.weft.test:%d/", port))
-	if err != nil || res.OpenGraph["og:title"] != "direct" || proxy.accepted.Load() != 0 {
-		t.Errorf("Fetch = %+v, %v; proxy saw %d connections", res, err, proxy.accepted.Load())
+	if err != nil || res.OpenGraph["og:title"] != "direct" || proxy.Accepted() != 0 {
+		t.Errorf("Fetch = %+v, %v; proxy saw %d connections", res, err, proxy.Accepted())
 	}
 }
