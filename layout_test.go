@@ -15,7 +15,7 @@ import (
 const module = "github.com/weftchat/weft"
 
 // domainPackages hold the rules of Matrix and know nothing of HTTP or SQL.
-var domainPackages = []string{"room", "account", "media"}
+var domainPackages = []string{"room", "account", "media", "push"}
 
 type pkg struct {
 	ImportPath string

@@ -45,6 +45,11 @@ type Listener struct {
 	// parked counts long-polls whose connection is off the HTTP server's
 	// books: shutdown waits for their answers.
 	parked sync.WaitGroup
+	// idle are the connections of answered long-polls waiting for their
+	// client's next request: Close closes them, as the HTTP server closes
+	// its idle connections when it shuts down.
+	idleMu sync.Mutex
+	idle   map[net.Conn]struct{}
 }
 
 type accepted struct {
@@ -55,7 +60,7 @@ type accepted struct {
 // NewListener wraps l. Serve the HTTP server on the result, and pass it
 // in Options.Listener.
 func NewListener(l net.Listener) *Listener {
-	ln := &Listener{Listener: l, back: make(chan net.Conn), accepted: make(chan accepted), closed: make(chan struct{})}
+	ln := &Listener{Listener: l, back: make(chan net.Conn), accepted: make(chan accepted), closed: make(chan struct{}), idle: map[net.Conn]struct{}{}}
 	go ln.acceptLoop()
 	return ln
 }
@@ -94,10 +99,35 @@ func (l *Listener) Accept() (net.Conn, error) {
 func (l *Listener) Close() error {
 	var err error
 	l.once.Do(func() {
+		l.idleMu.Lock()
 		close(l.closed)
+		for c := range l.idle {
+			_ = c.Close()
+		}
+		l.idleMu.Unlock()
 		err = l.Listener.Close()
 	})
 	return err
+}
+
+// trackIdle records c as waiting for its next request, reporting false
+// once the listener is closed (then c must be closed).
+func (l *Listener) trackIdle(c net.Conn) bool {
+	l.idleMu.Lock()
+	defer l.idleMu.Unlock()
+	select {
+	case <-l.closed:
+		return false
+	default:
+	}
+	l.idle[c] = struct{}{}
+	return true
+}
+
+func (l *Listener) untrackIdle(c net.Conn) {
+	l.idleMu.Lock()
+	delete(l.idle, c)
+	l.idleMu.Unlock()
 }
 
 // handBack gives c to the HTTP server for its next request, reporting
@@ -163,14 +193,17 @@ func (s *server) park(w http.ResponseWriter, r *http.Request, p *syncapi.Pending
 	ln := s.opts.Listener
 	ln.parked.Add(1)
 	p.Then(func(resp *syncapi.Response, err error) {
-		defer ln.parked.Done()
 		status, n, werr := s.writeParked(conn, pr, resp, err)
 		d.complete(status, n)
-		if werr != nil || !pr.keepAlive {
+		// Answered: shutdown waits for no client's next request.
+		ln.parked.Done()
+		if werr != nil || !pr.keepAlive || !ln.trackIdle(conn) {
 			_ = conn.Close()
 			return
 		}
-		if c := awaitNextRequest(conn); c == nil || !ln.handBack(c) {
+		c := awaitNextRequest(conn)
+		ln.untrackIdle(conn)
+		if c == nil || !ln.handBack(c) {
 			_ = conn.Close()
 		}
 	})

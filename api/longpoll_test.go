@@ -4,16 +4,20 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix"
+
+	"github.com/weftchat/weft/api"
 )
 
 // rawPoll is a /sync on a bare TCP connection: no client goroutines, so
@@ -190,4 +194,21 @@ func TestLongPollParkedShutdown(t *testing.T) {
 		t.Fatalf("after Stop: %d %s", status, body)
 	}
 	waitFor(t, "the listener to go", func() bool { return syncs.Notifier().Waiting() == 0 })
+
+	// The client keeps its connection open without a next request: the
+	// answered poll is no longer waited for, and closing the listener
+	// (as shutdown does) closes the idle connection.
+	ln := srv.Listener.(*api.Listener)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := ln.WaitParked(ctx); err != nil {
+		t.Fatalf("WaitParked after the answer: %v", err)
+	}
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := p.br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the idle connection was not closed with the listener: %v", err)
+	}
 }

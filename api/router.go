@@ -17,6 +17,7 @@ import (
 
 	"github.com/weftchat/weft/account"
 	"github.com/weftchat/weft/media"
+	"github.com/weftchat/weft/push"
 	"github.com/weftchat/weft/room"
 	"github.com/weftchat/weft/syncapi"
 )
@@ -47,6 +48,8 @@ type Options struct {
 	// Listener, when the HTTP server serves on it, lets idle long-polls
 	// give their goroutines back while they wait (longpoll.go).
 	Listener *Listener
+	// Push is the push rules service.
+	Push *push.Service
 	// Media is the media repository; nil leaves its endpoints out.
 	Media *media.Service
 	// URLPreview serves preview_url; nil answers that previews are off.

@@ -78,7 +78,10 @@ func (s *server) v3Routes() []clientRoute {
 		{method: "POST", path: "/user_directory/search", handler: s.searchUsers, auth: true, r0: true},
 		{method: "GET", path: "/voip/turnServer", handler: s.turnServer, auth: true, r0: true},
 	}
-	routes = append(routes, s.pushRuleRoutes()...)
+	if s.opts.Push != nil {
+		routes = append(routes, s.pushRuleRoutes()...)
+		routes = append(routes, s.pusherRoutes()...)
+	}
 	routes = append(routes, s.keyRoutes()...)
 	routes = append(routes, s.keyBackupRoutes()...)
 	if s.opts.Rooms != nil {
@@ -88,6 +91,7 @@ func (s *server) v3Routes() []clientRoute {
 	if s.opts.Sync != nil {
 		routes = append(routes, s.syncRoutes()...)
 		routes = append(routes, s.toDeviceRoutes()...)
+		routes = append(routes, s.notificationRoutes()...)
 	}
 	return routes
 }

@@ -270,6 +270,7 @@ func runJob(btx BatchTx, n int, j *job, results []error) (rerun bool, err error)
 // inRoom runs fn with the room locked, as part of the next batch, mapping
 // an unknown room to M_NOT_FOUND. fn must not keep the Tx after returning.
 func (s *Service) inRoom(ctx context.Context, roomID id.RoomID, fn func(Tx) error) error {
+	s.warmPush(ctx, roomID)
 	err := s.batch.do(ctx, &job{roomID: roomID, fn: fn})
 	if errors.Is(err, ErrNotFound) {
 		return errNotFound("Unknown room")

@@ -50,6 +50,10 @@ type Service struct {
 	log      *slog.Logger
 	now      func() time.Time
 	batch    *batcher
+	// push evaluates push rules for new events (nil: off); memberCache
+	// holds the members it evaluates for (push.go).
+	push        PushRules
+	memberCache roomMembers
 }
 
 // New builds the room service.
@@ -174,8 +178,16 @@ func (s *Service) appendEvent(tx Tx, ev eventRequest) (id.EventID, error) {
 		}
 		return "", errForbidden("Event not allowed: " + err.Error())
 	}
-	if _, err := tx.Append(&Appended{ID: eventID, PDU: p, Raw: raw, TxnDevice: ev.TxnDevice, TxnID: ev.TxnID, Redacts: ev.Redacts}); err != nil {
+	pushed, members, err := s.pushFor(tx, p, eventID)
+	if err != nil {
+		return "", err
+	}
+	if _, err := tx.Append(&Appended{ID: eventID, PDU: p, Raw: raw, TxnDevice: ev.TxnDevice, TxnID: ev.TxnID, Redacts: ev.Redacts, Push: pushed}); err != nil {
+		s.memberCache.forget(tx.RoomID())
 		return "", fmt.Errorf("appending event: %w", err)
+	}
+	if members != nil {
+		s.memberCache.put(tx.RoomID(), members)
 	}
 	return eventID, nil
 }

@@ -42,12 +42,14 @@ func (localpartProfiles) MemberProfile(_ context.Context, u id.UserID) (string, 
 // direct pool on the same database for reading tables the domain does not
 // expose (the whole events table, account_data).
 type harness struct {
-	db    *storage.DB
-	store *storage.Rooms
-	pool  *pgxpool.Pool
-	rooms *room.Service
-	pub   ed25519.PublicKey
-	keyID id.KeyID
+	db     *storage.DB
+	store  *storage.Rooms
+	pool   *pgxpool.Pool
+	rooms  *room.Service
+	pub    ed25519.PublicKey
+	keyID  id.KeyID
+	signer room.Signer
+	txn    int // the last transaction ID send used
 }
 
 func newHarness(t testing.TB, maxConns int32) *harness {
@@ -69,7 +71,8 @@ func newHarness(t testing.TB, maxConns int32) *harness {
 		t.Fatal(err)
 	}
 	h := &harness{db: db, store: db.Rooms(), pool: pool, pub: pub, keyID: "ed25519:test"}
-	h.rooms = room.New(room.Config{Signer: room.Signer{ServerName: testServer, KeyID: h.keyID, Key: priv}}, h.store, localpartProfiles{}, nil)
+	h.signer = room.Signer{ServerName: testServer, KeyID: h.keyID, Key: priv}
+	h.rooms = room.New(room.Config{Signer: h.signer}, h.store, localpartProfiles{}, nil)
 	return h
 }
 

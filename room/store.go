@@ -39,6 +39,9 @@ type Appended struct {
 	TxnID     string
 	// Redacts is the event this redaction applies to (already checked).
 	Redacts id.EventID
+	// Push is what the event did for the room's local members, written
+	// with it (push.go); nil: nothing.
+	Push *PushOutcome
 }
 
 // Tx is the work done on one room under its lock: reads of its current

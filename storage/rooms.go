@@ -437,6 +437,31 @@ func (b *batchTx) Restore(n int) []int {
 	return undone
 }
 
+// Context is the context of the batch the room is written in.
+func (t *roomTx) Context() context.Context { return t.ctx }
+
+// JoinedMembers is the room's joined members and their display names, as
+// this transaction sees them (room.JoinedMembersTx).
+func (t *roomTx) JoinedMembers() (map[id.UserID]string, error) {
+	rows, err := t.tx.Query(t.ctx, `SELECT c.state_key, coalesce(e.pdu->'content'->>'displayname', '')
+		FROM current_state c JOIN events e ON e.event_id = c.event_id
+		WHERE c.room_id = $1 AND c.type = 'm.room.member' AND c.membership = 'join'`, t.roomID)
+	if err != nil {
+		return nil, fmt.Errorf("reading joined members: %w", err)
+	}
+	defer rows.Close()
+	out := map[id.UserID]string{}
+	for rows.Next() {
+		var u id.UserID
+		var name string
+		if err := rows.Scan(&u, &name); err != nil {
+			return nil, fmt.Errorf("reading joined members: %w", err)
+		}
+		out[u] = name
+	}
+	return out, rows.Err()
+}
+
 func (t *roomTx) RoomID() id.RoomID           { return t.roomID }
 func (t *roomTx) RoomVersion() id.RoomVersion { return t.version }
 
@@ -624,6 +649,9 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, ''))
 		RETURNING stream_pos`,
 		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, t.snap, string(e.Raw), relatesTo, relType)
+	if e.Push != nil {
+		t.queuePush(e)
+	}
 	if e.PDU.StateKey != nil {
 		var membership *string
 		if e.PDU.Type == "m.room.member" {
@@ -931,4 +959,31 @@ func (r *Rooms) Forget(ctx context.Context, user id.UserID, roomID id.RoomID) er
 func (r *Rooms) MoveAliases(ctx context.Context, from, to id.RoomID) error {
 	_, err := r.db.pool.Exec(ctx, `UPDATE room_aliases SET room_id = $2 WHERE room_id = $1`, from, to)
 	return err
+}
+
+// queuePush writes what the event did for the room's local members
+// (tables event_push_summary and event_push_exceptions, read through the
+// view event_push_actions) in the event's transaction: /sync's unread
+// counts and the pushers read them. The event's position is read back from
+// its row, inserted just before in the same transaction.
+func (t *roomTx) queuePush(e *room.Appended) {
+	if s := e.Push.Summary; s != nil {
+		t.tx.Queue(`INSERT INTO event_push_summary (room_id, stream_pos, event_id, sender, thread_id, highlight, actions, ts)
+			SELECT $2, stream_pos, $1, $3, $4, $5, $6, $7 FROM events WHERE event_id = $1`,
+			e.ID, t.roomID, e.PDU.Sender, s.Thread, s.Highlight, string(s.Actions), e.PDU.OriginServerTS)
+	}
+	n := len(e.Push.Exceptions)
+	if n == 0 {
+		return
+	}
+	users, threads, actions := make([]string, n), make([]string, n), make([]string, n)
+	notify, highlight := make([]bool, n), make([]bool, n)
+	for i, x := range e.Push.Exceptions {
+		users[i], threads[i], notify[i], highlight[i], actions[i] = string(x.User), x.Thread, x.Notify, x.Highlight, string(x.Actions)
+	}
+	t.tx.Queue(`INSERT INTO event_push_exceptions (user_id, room_id, stream_pos, event_id, notify, thread_id, highlight, actions, ts)
+		SELECT u.user_id, $2, e.stream_pos, $1, u.notify, u.thread_id, u.highlight, u.actions::json, $8
+		FROM events e, unnest($3::text[], $4::bool[], $5::text[], $6::bool[], $7::text[]) AS u(user_id, notify, thread_id, highlight, actions)
+		WHERE e.event_id = $1`,
+		e.ID, t.roomID, users, notify, threads, highlight, actions, e.PDU.OriginServerTS)
 }

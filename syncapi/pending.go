@@ -30,6 +30,9 @@ type Pending struct {
 	// endPresence ends the user's "syncing" for presence, once, when
 	// the long-poll answers or is cancelled.
 	endPresence func()
+	// endActive ends the device's request for DeviceSyncing (activity.go):
+	// answered when finished, not when cancelled.
+	endActive func(answered bool)
 
 	mu       sync.Mutex
 	done     func(*Response, error)
@@ -146,8 +149,9 @@ func (p *Pending) finish(resp *Response, err error) {
 		p.l = nil
 	}
 	if !cancelled {
-		// A cancelled poll's presence ended with Cancel.
+		// A cancelled poll's presence and activity ended with Cancel.
 		p.endPresence()
+		p.endActive(err == nil)
 		done(resp, err)
 	}
 }
@@ -193,6 +197,7 @@ func (p *Pending) Cancel() {
 	}
 	p.finished = true
 	p.endPresence()
+	p.endActive(false)
 	owner := !p.running
 	p.running = true // no step may start now
 	if p.timer != nil {

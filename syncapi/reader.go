@@ -39,6 +39,8 @@ type caches struct {
 	plain       *memo[stateKey, bool]
 	// encrypted holds rooms known to be encrypted, which they stay.
 	encrypted *roomSet
+	// unread is a user's counts in a room (unread.go).
+	unread *memo[unreadKey, *RoomUnread]
 }
 
 type timelineKey = TimelineReq
@@ -68,6 +70,8 @@ func newCaches() *caches {
 		roomMembers: newMemo[stateKey, map[id.UserID]struct{}](5*time.Minute, 10_000),
 		plain:       newMemo[stateKey, bool](5*time.Minute, 100_000),
 		encrypted:   &roomSet{m: map[id.RoomID]struct{}{}, max: 1_000_000},
+
+		unread: newMemo[unreadKey, *RoomUnread](5*time.Minute, 100_000),
 	}
 }
 

@@ -19,6 +19,10 @@ type Store interface {
 	// SendToDevice and AckToDevice write to-device messages
 	// (todevice.go).
 	ToDeviceStore
+	// Unread reads unread counts outside a snapshot (unread.go).
+	UnreadStore
+	// Notifications lists a user's notifications (notifications.go).
+	NotificationStore
 }
 
 // Snapshot reads the stream inside one read transaction. Every method
@@ -70,6 +74,8 @@ type Snapshot interface {
 	EncryptedRooms(rooms []id.RoomID) ([]id.RoomID, error)
 	// JoinedMembers lists each room's joined members in its current state.
 	JoinedMembers(rooms []id.RoomID) (map[id.RoomID][]id.UserID, error)
+	// Unread is UnreadStore.Unread inside the snapshot.
+	Unread(keys []UnreadKey, to int64) (map[UnreadKey]*RoomUnread, error)
 	// Close ends the transaction.
 	Close()
 }

@@ -56,6 +56,10 @@ type Service struct {
 	// HTTP server can drain.
 	stopping chan struct{}
 	cache    *caches
+	// active: which devices are syncing (activity.go).
+	active *activity
+	// unreadBatches joins concurrent unread count loads (unread.go).
+	unreadBatches *unreadBatcher
 	// acks and toDeviceDropped: todevice.go.
 	acks            toDeviceAcks
 	toDeviceDropped atomic.Uint64
@@ -67,7 +71,7 @@ func New(cfg Config, store Store, rooms *room.Service, n *Notifier, log *slog.Lo
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Service{cfg: cfg, store: store, rooms: rooms, n: n, typing: newTyping(n), log: log, now: time.Now, stopping: make(chan struct{}), cache: newCaches(),
-		acks: toDeviceAcks{upTo: map[deviceKey]int64{}}}
+		acks: toDeviceAcks{upTo: map[deviceKey]int64{}}, active: newActivity(time.Now), unreadBatches: newUnreadBatcher()}
 }
 
 // Stop answers every waiting and future long-poll at once (shutdown).
@@ -114,6 +118,16 @@ func (s *Service) Sync(ctx context.Context, req Request) (*Response, error) {
 // returns a Pending, registered with the notifier, which the caller waits
 // on or hands a callback to.
 func (s *Service) Start(ctx context.Context, req Request) (*Response, *Pending, error) {
+	endActive := s.active.begin(req.User, req.Device)
+	resp, p, err := s.start(ctx, req, endActive)
+	if p == nil {
+		endActive(err == nil)
+	}
+	return resp, p, err
+}
+
+// start is Start; a Pending it returns calls endActive when it ends.
+func (s *Service) start(ctx context.Context, req Request, endActive func(answered bool)) (*Response, *Pending, error) {
 	f, err := s.filter(ctx, req)
 	if err != nil {
 		return nil, nil, err
@@ -168,7 +182,7 @@ func (s *Service) Start(ctx context.Context, req Request) (*Response, *Pending, 
 	}
 	p := &Pending{
 		s: s, ctx: context.WithoutCancel(ctx), req: req, f: f, since: *since, seen: *since,
-		deadline: time.Now().Add(min(req.Timeout, maxTimeout)), endPresence: endPresence,
+		deadline: time.Now().Add(min(req.Timeout, maxTimeout)), endPresence: endPresence, endActive: endActive,
 	}
 	for {
 		// Nothing else holds p yet; a wake-up of a closed registration
@@ -299,6 +313,9 @@ func (b *builder) build() error {
 		return err
 	}
 	rooms := &Rooms{}
+	// quiet are the joined rooms with nothing to show but perhaps their
+	// unread counts.
+	var quiet []id.RoomID
 	for _, m := range now {
 		if !b.f.roomAllowed(m.RoomID) {
 			continue
@@ -314,6 +331,8 @@ func (b *builder) build() error {
 			}
 			if jr != nil {
 				rooms.join(m.RoomID, jr)
+			} else {
+				quiet = append(quiet, m.RoomID)
 			}
 		case "invite":
 			if changed {
@@ -350,14 +369,15 @@ func (b *builder) build() error {
 			rooms.leave(m.RoomID, lr)
 		}
 	}
+	if err := b.unreadCounts(rooms, quiet); err != nil {
+		return err
+	}
 	if !rooms.empty() {
 		b.resp.Rooms = rooms
 	}
-	var global []json.RawMessage
-	for _, a := range b.accountData {
-		if a.RoomID == "" && b.f.accountDataAllowed(a.Type) {
-			global = append(global, accountDataEvent(a))
-		}
+	global, err := b.globalAccountData()
+	if err != nil {
+		return err
 	}
 	if len(global) > 0 {
 		b.resp.AccountData = &EventList{Events: global}

@@ -49,10 +49,18 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	pushRules := newPushRules(db, rooms, log)
 	syncs, err := newSync(ctx, db, accounts, rooms, log)
 	if err != nil {
 		return err
 	}
+	// Push delivery stops before the pool closes (deferred after closeDB,
+	// so it runs first).
+	stopPush, err := startPushDelivery(ctx, cfg, db, syncs, log)
+	if err != nil {
+		return err
+	}
+	defer stopPush()
 	// The presence timer moves users who stopped syncing to unavailable
 	// and offline; it is stopped (deferred after closeDB, so run before
 	// it) before the pool closes.
@@ -91,6 +99,7 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 		MaxBodyBytes:     cfg.HTTP.MaxBodyBytes,
 		Accounts:         accounts,
 		Rooms:            rooms,
+		Push:             pushRules,
 		Sync:             syncs,
 		Media:            mediaRepo,
 		URLPreview:       urlPreview,

@@ -14,6 +14,8 @@ import (
 	"github.com/weftchat/weft/account"
 	"github.com/weftchat/weft/api"
 	"github.com/weftchat/weft/internal/config"
+	"github.com/weftchat/weft/internal/pushgateway"
+	"github.com/weftchat/weft/push"
 	"github.com/weftchat/weft/room"
 	"github.com/weftchat/weft/storage"
 	"github.com/weftchat/weft/storage/pgserver"
@@ -44,6 +46,14 @@ func newServices(cfg *config.Config, db *storage.DB, log *slog.Logger) (*account
 		OfflineAfter: time.Duration(cfg.Presence.OfflineAfter),
 	})
 	return accounts, rooms, nil
+}
+
+// newPushRules builds the push rules service and turns on the evaluation
+// of push rules for new events.
+func newPushRules(db *storage.DB, rooms *room.Service, log *slog.Logger) *push.Service {
+	p := push.NewService(db.PushRules(), log)
+	rooms.SetPushRules(p)
+	return p
 }
 
 // newSync builds /sync and connects its notifier to storage's commits.
@@ -182,4 +192,41 @@ func (p profileSource) MemberProfile(ctx context.Context, userID id.UserID) (str
 		return "", "", err // unknown local users cannot be invited
 	}
 	return prof.DisplayName, prof.AvatarURL, nil
+}
+
+// startPushDelivery runs the delivery of notifications to push gateways
+// (push.Deliverer) until ctx ends; stop waits for it to finish, so call it
+// before the database closes. The stream listener newSync installed is
+// wrapped so that every commit of room events (which carries the
+// notifications evaluated for it) also wakes delivery for its rooms; the
+// deliverer's first check, after the swap, covers commits made before it.
+func startPushDelivery(ctx context.Context, cfg *config.Config, db *storage.DB, syncs *syncapi.Service, log *slog.Logger) (stop func(), err error) {
+	if !cfg.Push.Enabled {
+		return func() {}, nil
+	}
+	allowed, err := cfg.Push.AllowedPrefixes()
+	if err != nil {
+		return nil, fmt.Errorf("config key push.gateway_allowed_cidrs: %w", err)
+	}
+	client := pushgateway.New(pushgateway.Config{Timeout: time.Duration(cfg.Push.GatewayTimeout), AllowedCIDRs: allowed})
+	d := push.NewDeliverer(push.DeliveryConfig{
+		Workers:     cfg.Push.Workers,
+		MaxBackoff:  time.Duration(cfg.Push.MaxBackoff),
+		GiveUpAfter: time.Duration(cfg.Push.GiveUpAfter),
+	}, db.Pushers(), client, syncs, log)
+	n := syncs.Notifier()
+	db.SetStreamListener(func(pos int64, kinds syncapi.Kind, rooms []id.RoomID, users []id.UserID) {
+		n.Committed(pos, kinds, rooms, users)
+		if kinds&syncapi.KindEvents != 0 {
+			d.Notify(rooms, users)
+		}
+	})
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); d.Run(runCtx) }()
+	return func() {
+		cancel()
+		<-done
+		client.CloseIdleConnections()
+	}, nil
 }

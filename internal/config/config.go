@@ -51,6 +51,29 @@ type Config struct {
 	TURN          TURN          `yaml:"turn"`
 	Presence      Presence      `yaml:"presence"`
 	Media         Media         `yaml:"media"`
+	Push          Push          `yaml:"push"`
+}
+
+// Push configures push notifications: delivery of users' notifications to
+// the push gateways their pushers name (POST /_matrix/push/v1/notify).
+type Push struct {
+	// Enabled delivers notifications to pushers. Off: clients can still
+	// set pushers, but nothing is sent.
+	Enabled bool `yaml:"enabled"`
+	// GatewayAllowedCIDRs are ranges push gateways may be reached at
+	// although they are not public (a gateway on the organisation's
+	// network); every other non-global address is refused.
+	GatewayAllowedCIDRs []string `yaml:"gateway_allowed_cidrs"`
+	// GatewayTimeout bounds one request to a gateway.
+	GatewayTimeout Duration `yaml:"gateway_timeout"`
+	// Workers is how many users' notifications are sent at once.
+	Workers int `yaml:"workers"`
+	// MaxBackoff caps the wait between retries to a failing gateway (the
+	// wait starts at 1s and doubles).
+	MaxBackoff Duration `yaml:"max_backoff"`
+	// GiveUpAfter: a notification still failing this long after its first
+	// attempt is dropped (logged) and the next one is tried.
+	GiveUpAfter Duration `yaml:"give_up_after"`
 }
 
 // Media configures the media repository (uploads, downloads, thumbnails).
@@ -320,6 +343,14 @@ func Default() Config {
 				MaxBytes: 10 << 20,
 			},
 		},
+		Push: Push{
+			Enabled:             true,
+			GatewayAllowedCIDRs: []string{},
+			GatewayTimeout:      Duration(10 * time.Second),
+			Workers:             8,
+			MaxBackoff:          Duration(10 * time.Minute),
+			GiveUpAfter:         Duration(24 * time.Hour),
+		},
 	}
 }
 
@@ -496,7 +527,31 @@ func (c *Config) Validate() error {
 		bad("presence.offline_after", "must be at least 1s")
 	}
 	c.Media.validate(bad)
+	c.Push.validate(bad)
 	return errors.Join(errs...)
+}
+
+func (p *Push) validate(bad func(key, format string, args ...any)) {
+	if _, err := p.AllowedPrefixes(); err != nil {
+		bad("push.gateway_allowed_cidrs", "%v", err)
+	}
+	if p.GatewayTimeout <= 0 {
+		bad("push.gateway_timeout", "must be positive")
+	}
+	if p.Workers < 1 || p.Workers > 1000 {
+		bad("push.workers", "%d is outside 1..1000", p.Workers)
+	}
+	if p.MaxBackoff < Duration(time.Second) {
+		bad("push.max_backoff", "must be at least 1s")
+	}
+	if p.GiveUpAfter < p.MaxBackoff {
+		bad("push.give_up_after", "must be at least max_backoff")
+	}
+}
+
+// AllowedPrefixes parses GatewayAllowedCIDRs (a bare IP is one address).
+func (p Push) AllowedPrefixes() ([]netip.Prefix, error) {
+	return HTTP{TrustedProxies: p.GatewayAllowedCIDRs}.TrustedPrefixes()
 }
 
 // maxThumbnailSide bounds configured thumbnail sides: a thumbnail is for

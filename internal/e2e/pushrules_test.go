@@ -13,18 +13,20 @@ import (
 )
 
 // End-to-end tests of the read side of the push rules API: every account has
-// the spec's predefined rules (client-server API, "Predefined Rules", v1.17,
-// which removed the legacy body-mention rules and with them the only default
-// content rule, .m.rule.contains_user_name).
+// the spec's predefined rules, plus the legacy body-mention rules the spec
+// removed in v1.17 (.m.rule.contains_display_name, .m.rule.roomnotif and the
+// content rule .m.rule.contains_user_name), which clients still look for and
+// which never match an event with m.mentions.
 
-// pushRuleOverrideIDs and pushRuleUnderrideIDs are the spec's predefined
-// rules, in the spec's order.
+// pushRuleOverrideIDs, pushRuleContentIDs and pushRuleUnderrideIDs are the
+// predefined rules, in order.
 var (
 	pushRuleOverrideIDs = []string{
 		".m.rule.master", ".m.rule.suppress_notices", ".m.rule.invite_for_me", ".m.rule.member_event",
-		".m.rule.is_user_mention", ".m.rule.is_room_mention", ".m.rule.tombstone", ".m.rule.reaction",
-		".m.rule.room.server_acl", ".m.rule.suppress_edits",
+		".m.rule.is_user_mention", ".m.rule.contains_display_name", ".m.rule.is_room_mention", ".m.rule.roomnotif",
+		".m.rule.tombstone", ".m.rule.reaction", ".m.rule.room.server_acl", ".m.rule.suppress_edits",
 	}
+	pushRuleContentIDs   = []string{".m.rule.contains_user_name"}
 	pushRuleUnderrideIDs = []string{
 		".m.rule.call", ".m.rule.encrypted_room_one_to_one", ".m.rule.room_one_to_one", ".m.rule.message",
 		".m.rule.encrypted",
@@ -89,14 +91,17 @@ func TestPushRules(t *testing.T) {
 		if got := pushRuleIDs(t, dig(global, "underride")); !slices.Equal(got, pushRuleUnderrideIDs) {
 			t.Errorf("underride rules %v, want %v", got, pushRuleUnderrideIDs)
 		}
-		// No predefined content, room or sender rules, but each kind is
-		// there as an array.
-		for _, kind := range []string{"content", "room", "sender"} {
+		if got := pushRuleIDs(t, dig(global, "content")); !slices.Equal(got, pushRuleContentIDs) {
+			t.Errorf("content rules %v, want %v", got, pushRuleContentIDs)
+		}
+		// No predefined room or sender rules, but each kind is there as an
+		// array.
+		for _, kind := range []string{"room", "sender"} {
 			if got := pushRuleIDs(t, dig(global, kind)); len(got) != 0 {
 				t.Errorf("%s rules %v, want none", kind, got)
 			}
 		}
-		for _, kind := range []string{"override", "underride"} {
+		for _, kind := range []string{"override", "content", "underride"} {
 			for _, r := range dig(global, kind).([]any) {
 				if dig(r, "default") != true {
 					t.Errorf("%s rule %v is not default", kind, r)
@@ -209,12 +214,11 @@ func TestPushRules(t *testing.T) {
 			get := func(kind, ruleID string) rawResponse {
 				return doJSON(t, "GET", clientURL(srv, "v3", append([]string{"pushrules", "global", kind, ruleID}, suffix...)...), cli.AccessToken, nil)
 			}
-			// Unknown rules, including a rule asked for under another kind
-			// and the content rule the spec removed in v1.17.
+			// Unknown rules, including a rule asked for under another kind.
 			for _, c := range []struct{ kind, ruleID string }{
 				{"override", "nocake"},
 				{"underride", ".m.rule.master"},
-				{"content", ".m.rule.contains_user_name"},
+				{"content", ".m.rule.contains_display_name"},
 				{"room", "!room:example.org"},
 				{"sender", "@spam:example.org"},
 			} {
@@ -262,7 +266,7 @@ func TestPushRules(t *testing.T) {
 		if !slices.Equal(got, pushRuleUnderrideIDs) {
 			t.Errorf("mautrix underride rules %v, want %v", got, pushRuleUnderrideIDs)
 		}
-		if len(rs.Content) != 0 || len(rs.Room.Map) != 0 || len(rs.Sender.Map) != 0 {
+		if len(rs.Content) != 1 || rs.Content[0].RuleID != ".m.rule.contains_user_name" || len(rs.Room.Map) != 0 || len(rs.Sender.Map) != 0 {
 			t.Errorf("mautrix found content/room/sender rules: %v %v %v", rs.Content, rs.Room.Map, rs.Sender.Map)
 		}
 

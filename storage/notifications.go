@@ -1,0 +1,172 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/weftchat/weft/syncapi"
+)
+
+// Unread counts and GET /notifications, read from event_push_actions (one
+// row per local user and event their push rules said notify for, written
+// with the event) against what the user has read.
+//
+// What a user has read in a room, per notification: the furthest (by the
+// event's stream position) of their m.read and m.read.private receipts
+// that apply to the notification's thread (an unthreaded receipt, thread
+// '', applies to every thread; a threaded one only to its own), and their
+// own newest event in the room (sending marks everything before it read).
+//
+// The receipts table keeps only each receipt's newest value, so the
+// receipts used are the stored ones even when they were written after the
+// position being read: counts can show a receipt slightly early, never a
+// notification it cleared as unread again. Push rows and events at or
+// below a committed position never change, so a count read at position
+// `to` outside any snapshot is as consistent as one read inside it.
+
+// unreadSQL answers, for each requested (user, room) pair: one row with a
+// NULL thread carrying the position of the newest change that can have
+// moved the counts (the newest of: the user's receipts in the room, their
+// newest event there at or below $3, and their unread push rows at or
+// below $3; 0 if none), and one row per thread with unread notifications.
+// A push row that is read was read by a receipt or an own event after it,
+// so leaving read rows out of that maximum changes nothing about "did the
+// counts move after position p", and it spares a walk over every row the
+// user ever had in the room. Per pair the lookups are index scans
+// (receipts' primary key, events_room_sender, the keys of
+// event_push_actions' tables) over the rows above the read position.
+const unreadSQL = `
+WITH q(user_id, room_id) AS (SELECT DISTINCT u, r FROM unnest($1::text[], $2::text[]) AS x(u, r)),
+rd AS (
+	SELECT rc.user_id, rc.room_id, rc.thread_id, max(e.stream_pos) AS upto, max(rc.stream_pos) AS changed
+	FROM q JOIN receipts rc ON rc.room_id = q.room_id AND rc.user_id = q.user_id
+	JOIN events e ON e.event_id = rc.event_id
+	WHERE rc.receipt_type IN ('m.read', 'm.read.private')
+	GROUP BY rc.user_id, rc.room_id, rc.thread_id
+),
+rdu AS (
+	SELECT user_id, room_id, max(upto) FILTER (WHERE thread_id = '') AS unthreaded, max(changed) AS changed
+	FROM rd GROUP BY user_id, room_id
+),
+base AS (
+	SELECT q.user_id, q.room_id, o.pos AS own, greatest(o.pos, r.unthreaded) AS upto, r.changed AS receipts
+	FROM q LEFT JOIN rdu r ON r.user_id = q.user_id AND r.room_id = q.room_id
+	CROSS JOIN LATERAL (SELECT max(o.stream_pos) AS pos FROM events o
+		WHERE o.room_id = q.room_id AND o.sender = q.user_id AND o.stream_pos <= $3) o
+),
+unread AS (
+	SELECT b.user_id, b.room_id, a.thread_id, count(*) AS n, count(*) FILTER (WHERE a.highlight) AS h, max(a.stream_pos) AS newest
+	FROM base b CROSS JOIN LATERAL (
+		-- OFFSET 0 keeps this a per-pair scan with user_id and room_id
+		-- given, which the view needs to read by its keys; flattened, the
+		-- planner may join the whole view (every member's rows) instead.
+		SELECT a.thread_id, a.highlight, a.stream_pos FROM event_push_actions a
+		WHERE a.user_id = b.user_id AND a.room_id = b.room_id AND a.stream_pos <= $3 AND a.stream_pos > coalesce(b.upto, 0)
+		OFFSET 0
+	) a
+	LEFT JOIN rd t ON t.user_id = b.user_id AND t.room_id = b.room_id AND t.thread_id = a.thread_id
+	WHERE a.stream_pos > coalesce(t.upto, 0)
+	GROUP BY b.user_id, b.room_id, a.thread_id
+),
+newest AS (SELECT user_id, room_id, max(newest) AS pos FROM unread GROUP BY user_id, room_id)
+SELECT b.user_id, b.room_id, NULL::text, 0::bigint, 0::bigint, coalesce(greatest(b.own, b.receipts, n.pos), 0)
+FROM base b LEFT JOIN newest n ON n.user_id = b.user_id AND n.room_id = b.room_id
+UNION ALL
+SELECT user_id, room_id, thread_id, n, h, 0 FROM unread`
+
+func unread(ctx context.Context, q querier, keys []syncapi.UnreadKey, to int64) (map[syncapi.UnreadKey]*syncapi.RoomUnread, error) {
+	out := make(map[syncapi.UnreadKey]*syncapi.RoomUnread, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	users := make([]string, len(keys))
+	rooms := make([]string, len(keys))
+	for i, k := range keys {
+		users[i], rooms[i] = string(k.User), string(k.Room)
+	}
+	rows, err := q.Query(ctx, unreadSQL, users, rooms, to)
+	if err != nil {
+		return nil, fmt.Errorf("reading unread counts: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k syncapi.UnreadKey
+		var thread *string
+		var n, h, changed int64
+		if err := rows.Scan(&k.User, &k.Room, &thread, &n, &h, &changed); err != nil {
+			return nil, fmt.Errorf("reading unread counts: %w", err)
+		}
+		ru := out[k]
+		if ru == nil {
+			ru = &syncapi.RoomUnread{}
+			out[k] = ru
+		}
+		if thread == nil {
+			ru.Changed = changed
+			continue
+		}
+		if ru.Threads == nil {
+			ru.Threads = map[string]syncapi.Unread{}
+		}
+		ru.Threads[*thread] = syncapi.Unread{NotificationCount: int(n), HighlightCount: int(h)}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading unread counts: %w", err)
+	}
+	return out, nil
+}
+
+// Unread reads unread counts at position to, outside any snapshot (see
+// above for why that is consistent).
+func (s *Sync) Unread(ctx context.Context, keys []syncapi.UnreadKey, to int64) (map[syncapi.UnreadKey]*syncapi.RoomUnread, error) {
+	return unread(ctx, s.db.pool, keys, to)
+}
+
+// Unread is Sync.Unread inside the response's snapshot: a response that
+// already holds a connection does not take a second one.
+func (r *syncReader) Unread(keys []syncapi.UnreadKey, to int64) (map[syncapi.UnreadKey]*syncapi.RoomUnread, error) {
+	return unread(r.ctx, r.tx, keys, to)
+}
+
+// Notifications lists the user's notifications below q.Before (0: from
+// the newest), newest first, up to q.Limit, with whether each is read now.
+// The walk uses event_push_actions_user_pos; with HighlightOnly it skips
+// the rows that are not highlights.
+func (s *Sync) Notifications(ctx context.Context, q syncapi.NotificationsQuery) ([]syncapi.StoredNotification, error) {
+	before := q.Before
+	if before <= 0 {
+		before = 1<<63 - 1
+	}
+	rows, err := s.db.pool.Query(ctx, `SELECT a.stream_pos, a.actions::text, a.ts, a.highlight,
+			a.stream_pos <= greatest(
+				(SELECT max(re.stream_pos) FROM receipts rc JOIN events re ON re.event_id = rc.event_id
+					WHERE rc.room_id = a.room_id AND rc.user_id = a.user_id
+					  AND rc.receipt_type IN ('m.read', 'm.read.private') AND rc.thread_id IN ('', a.thread_id)),
+				(SELECT o.stream_pos FROM events o WHERE o.room_id = a.room_id AND o.sender = a.user_id
+					ORDER BY o.stream_pos DESC LIMIT 1),
+				0),
+			`+eventColumns+`
+		FROM event_push_actions a JOIN events e ON e.event_id = a.event_id JOIN rooms r ON r.room_id = e.room_id
+		WHERE a.user_id = $1 AND a.stream_pos < $2 AND (a.highlight OR NOT $3)
+		ORDER BY a.stream_pos DESC LIMIT $4`, q.User, before, q.HighlightOnly, q.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("reading notifications: %w", err)
+	}
+	defer rows.Close()
+	var out []syncapi.StoredNotification
+	for rows.Next() {
+		var n syncapi.StoredNotification
+		var actions string
+		ev, err := scanEventWith(rows, &n.Pos, &actions, &n.TS, &n.Highlight, &n.Read)
+		if err != nil {
+			return nil, fmt.Errorf("reading notifications: %w", err)
+		}
+		n.Actions = []byte(actions)
+		n.Event = ev
+		out = append(out, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading notifications: %w", err)
+	}
+	return out, nil
+}
