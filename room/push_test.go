@@ -150,9 +150,17 @@ func TestPushRowsWrittenWithEvent(t *testing.T) {
 	afterLeave := h.send(t, alice, roomID, "m.room.message", text("bye"))
 	h.wantPush(t, "after a leave", afterLeave, "main", []id.UserID{carol, dave})
 
+	// A new display name is a new member event of carol's, but her
+	// membership began before: her notifications stay.
+	if _, err := h.rooms.SetState(ctx, carol, roomID, "m.room.member", string(carol),
+		json.RawMessage(`{"membership":"join","displayname":"Carol C"}`)); err != nil {
+		t.Fatal(err)
+	}
 	// Notifications are read through the view: the first message is now
 	// only carol's (bob left; dave joined after it).
 	h.wantPush(t, "plain message, read again", hello, "main", []id.UserID{carol})
+	renamed := h.send(t, alice, roomID, "m.room.message", text("hi Carol C"))
+	h.wantPush(t, "the new display name", renamed, "main", []id.UserID{carol, dave}, carol)
 
 	// A second service over the same database (as after a restart) starts
 	// with no cached members and reads them.

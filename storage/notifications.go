@@ -14,8 +14,11 @@ import (
 // What a user has read in a room, per notification: the furthest (by the
 // event's stream position) of their m.read and m.read.private receipts
 // that apply to the notification's thread (an unthreaded receipt, thread
-// '', applies to every thread; a threaded one only to its own), and their
-// own newest event in the room (sending marks everything before it read).
+// '', applies to every thread; a threaded one only to its own), their own
+// newest event in the room that is not a state event (sending marks
+// everything before it read; a new display name does not), and the start
+// of their membership (joining reads what came before, the invite
+// included).
 //
 // The receipts table keeps only each receipt's newest value, so the
 // receipts used are the stored ones even when they were written after the
@@ -51,8 +54,9 @@ rdu AS (
 base AS (
 	SELECT q.user_id, q.room_id, o.pos AS own, greatest(o.pos, r.unthreaded) AS upto, r.changed AS receipts
 	FROM q LEFT JOIN rdu r ON r.user_id = q.user_id AND r.room_id = q.room_id
-	CROSS JOIN LATERAL (SELECT max(o.stream_pos) AS pos FROM events o
-		WHERE o.room_id = q.room_id AND o.sender = q.user_id AND o.stream_pos <= $3) o
+	CROSS JOIN LATERAL (SELECT greatest(max(o.stream_pos), (SELECT m.member_since FROM current_state m
+			WHERE m.room_id = q.room_id AND m.type = 'm.room.member' AND m.state_key = q.user_id AND m.member_since <= $3)) AS pos
+		FROM events o WHERE o.room_id = q.room_id AND o.sender = q.user_id AND o.stream_pos <= $3 AND o.state_key IS NULL) o
 ),
 unread AS (
 	SELECT b.user_id, b.room_id, a.thread_id, count(*) AS n, count(*) FILTER (WHERE a.highlight) AS h, max(a.stream_pos) AS newest
@@ -142,8 +146,10 @@ func (s *Sync) Notifications(ctx context.Context, q syncapi.NotificationsQuery) 
 				(SELECT max(re.stream_pos) FROM receipts rc JOIN events re ON re.event_id = rc.event_id
 					WHERE rc.room_id = a.room_id AND rc.user_id = a.user_id
 					  AND rc.receipt_type IN ('m.read', 'm.read.private') AND rc.thread_id IN ('', a.thread_id)),
-				(SELECT o.stream_pos FROM events o WHERE o.room_id = a.room_id AND o.sender = a.user_id
+				(SELECT o.stream_pos FROM events o WHERE o.room_id = a.room_id AND o.sender = a.user_id AND o.state_key IS NULL
 					ORDER BY o.stream_pos DESC LIMIT 1),
+				(SELECT m.member_since FROM current_state m
+					WHERE m.room_id = a.room_id AND m.type = 'm.room.member' AND m.state_key = a.user_id),
 				0),
 			`+eventColumns+`
 		FROM event_push_actions a JOIN events e ON e.event_id = a.event_id JOIN rooms r ON r.room_id = e.room_id

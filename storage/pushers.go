@@ -213,9 +213,10 @@ func (s *Pushers) PushEvent(ctx context.Context, eventID id.EventID) (push.PushE
 // they are joined to (push gateway counts: "across all of the rooms they
 // are a member of"). A notification is read when the user's m.read or
 // m.read.private receipt, unthreaded or of its thread, is at or after its
-// event, or the user sent an event after it in the room (the rule /sync's
-// counts follow, storage/notifications.go). Per room, the unthreaded
-// receipts and the user's own newest event give a floor, and only the
+// event, or the user sent an event (not a state event) or joined after it
+// in the room (the rule /sync's counts follow, storage/notifications.go).
+// Per room, the unthreaded receipts, the user's own newest event and the
+// start of their membership give a floor, and only the
 // notifications above it are read, each against its thread's receipts.
 // The count per room is a LATERAL aggregate, which the planner cannot fold
 // into the outer query: it stays a key range of the room's summary rows
@@ -229,8 +230,9 @@ WITH rd AS MATERIALIZED (
 ), floors AS MATERIALIZED (
 	SELECT j.room_id, GREATEST(
 		(SELECT rd.upto FROM rd WHERE rd.room_id = j.room_id AND rd.thread_id = ''),
-		(SELECT o.stream_pos FROM events o WHERE o.room_id = j.room_id AND o.sender = $1
+		(SELECT o.stream_pos FROM events o WHERE o.room_id = j.room_id AND o.sender = $1 AND o.state_key IS NULL
 			ORDER BY o.stream_pos DESC LIMIT 1),
+		j.member_since,
 		0) AS pos
 	FROM current_state j
 	WHERE j.type = 'm.room.member' AND j.state_key = $1 AND j.membership = 'join'

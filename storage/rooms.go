@@ -658,8 +658,14 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 			m := gjson.GetBytes(e.PDU.Content, "membership").Str
 			membership = &m
 		}
-		t.tx.Queue(`INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES ($1, $2, $3, $4, $5)
-			ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id, membership = EXCLUDED.membership`,
+		// member_since moves only when the membership changes (join to
+		// join keeps it): the view event_push_actions (0012_push.sql)
+		// relies on it.
+		t.tx.Queue(`INSERT INTO current_state (room_id, type, state_key, event_id, membership, member_since)
+			VALUES ($1, $2, $3, $4, $5::text, CASE WHEN $5::text IS NULL THEN NULL ELSE (SELECT stream_pos FROM events WHERE event_id = $4) END)
+			ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id, membership = EXCLUDED.membership,
+				member_since = CASE WHEN current_state.membership IS NOT DISTINCT FROM EXCLUDED.membership
+					THEN current_state.member_since ELSE EXCLUDED.member_since END`,
 			t.roomID, e.PDU.Type, *e.PDU.StateKey, e.ID, membership)
 	}
 	if e.TxnID != "" {

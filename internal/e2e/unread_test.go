@@ -189,6 +189,16 @@ func TestUnreadCountsAndNotifications(t *testing.T) {
 	m1 := unreadSend(t, alice, rid, "m.text", "one", nil)
 	m2 := unreadSend(t, alice, rid, "m.text", "two", nil)
 	reader.expect("two more", rid, 2, 0)
+	// A display name change is bob's own event, but a state event: it
+	// reads nothing, and hides no notification.
+	before := len(unreadNotifications(t, srv, bob, "v3", url.Values{"limit": {"100"}}).Get("notifications").Array())
+	if err := bob.SetDisplayName(context.Background(), "Robert"); err != nil {
+		t.Fatal(err)
+	}
+	reader.expect("a display name change", rid, 2, 0)
+	if after := len(unreadNotifications(t, srv, bob, "v3", url.Values{"limit": {"100"}}).Get("notifications").Array()); after != before {
+		t.Fatalf("%d notifications after a display name change, %d before", after, before)
+	}
 	unreadReceipt(t, bob, rid, m1, event.ReceiptTypeReadPrivate, "")
 	reader.expect("m.read.private on the first", rid, 1, 0)
 	unreadReceipt(t, bob, rid, m2, event.ReceiptTypeReadPrivate, "")

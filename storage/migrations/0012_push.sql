@@ -45,18 +45,25 @@ CREATE TABLE event_push_exceptions (
 );
 CREATE INDEX event_push_exceptions_user_pos ON event_push_exceptions (user_id, stream_pos);
 
+-- member_since is, for a member event in the current state, the position
+-- where the user's current membership began: a join that only changes a
+-- display name or avatar keeps it (storage/rooms.go).
+ALTER TABLE current_state ADD COLUMN member_since bigint;
+UPDATE current_state c SET member_since = e.stream_pos FROM events e
+    WHERE e.event_id = c.event_id AND c.type = 'm.room.member';
+
 -- event_push_actions is every (user, event) notification: the summary for
--- each user joined now whose current member event is older than the event
--- (so they were a member when it was evaluated: a later join is the user's
--- own event), unless an exception says otherwise, plus the exceptions that
--- notify. Rows stay after they are read: /notifications lists them with
--- "read". Read it with user_id given: the planner pushes it into both
--- branches (current_state_member, event_push_exceptions' keys).
+-- each user joined now since before the event (so they were a member when
+-- it was evaluated), unless an exception says otherwise, plus the
+-- exceptions that notify. A user who left and joined again sees only what
+-- came after the join. Rows stay after they are read: /notifications
+-- lists them with "read". Read it with user_id given: the planner pushes it
+-- into both branches (current_state_member, event_push_exceptions' keys).
 CREATE VIEW event_push_actions AS
     SELECT m.state_key AS user_id, s.room_id, s.stream_pos, s.event_id, s.thread_id, s.highlight, s.actions, s.ts
     FROM event_push_summary s
-    JOIN current_state m ON m.room_id = s.room_id AND m.type = 'm.room.member' AND m.membership = 'join' AND m.state_key <> s.sender
-    JOIN events j ON j.event_id = m.event_id AND j.stream_pos < s.stream_pos
+    JOIN current_state m ON m.room_id = s.room_id AND m.type = 'm.room.member' AND m.membership = 'join'
+        AND m.state_key <> s.sender AND m.member_since < s.stream_pos
     WHERE NOT EXISTS (SELECT 1 FROM event_push_exceptions x
         WHERE x.user_id = m.state_key AND x.room_id = s.room_id AND x.stream_pos = s.stream_pos)
     UNION ALL
@@ -74,8 +81,9 @@ END $$;
 CREATE TRIGGER event_push_actions_insert INSTEAD OF INSERT ON event_push_actions
     FOR EACH ROW EXECUTE FUNCTION event_push_actions_insert();
 
--- A user's own events mark what came before them as read (spec, "Marking
--- notifications as read"): the newest own event per room is found here.
+-- A user's own events (not state: a profile change reads nothing) mark
+-- what came before them as read (spec, "Marking notifications as read"):
+-- the newest own event per room is found here.
 CREATE INDEX events_room_sender ON events (room_id, sender, stream_pos);
 
 -- HTTP pushers. A pusher belongs to the device that set it (deleted with
