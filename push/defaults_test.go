@@ -260,10 +260,15 @@ func TestDefaultRules(t *testing.T) {
 			want{".m.rule.contains_user_name", true, true, map[string]any{"sound": "default", "highlight": true}}},
 	}
 	e := Compile(Defaults(rtAlice), rtAlice)
+	// The defaults compiled once for every member give the same outcomes.
+	shared := CompileDefaults()
 	matched := map[string]bool{}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got := e.Evaluate(tc.ev, tc.who, tc.room)
+			if s := shared.Evaluate(tc.ev, tc.who, tc.room); !reflect.DeepEqual(s, got) {
+				t.Fatalf("shared defaults: %+v, per-user defaults: %+v", s, got)
+			}
 			if got.RuleID != tc.want.rule || got.Notify != tc.want.notify || got.Highlight != tc.want.highlit {
 				t.Fatalf("got rule %q notify %v highlight %v, want rule %q notify %v highlight %v",
 					got.RuleID, got.Notify, got.Highlight, tc.want.rule, tc.want.notify, tc.want.highlit)
@@ -365,5 +370,35 @@ func TestLegacyRulesAreNamed(t *testing.T) {
 	want := []string{"override/.m.rule.contains_display_name", "override/.m.rule.roomnotif", "content/.m.rule.contains_user_name"}
 	if !slices.Equal(legacy, want) {
 		t.Fatalf("legacy rules %v, want %v", legacy, want)
+	}
+}
+
+// TestSharedDefaultsAreMemberRelative: the shared default evaluator
+// compares the conditions that name "the user" with the member evaluated,
+// so one member's mention, invite or localpart is not another's.
+func TestSharedDefaultsAreMemberRelative(t *testing.T) {
+	shared := CompileDefaults()
+	carol := Member{UserID: "@carol:example.org"}
+	dave := Member{UserID: "@dave:example.org"}
+	cases := []struct {
+		name       string
+		ev         *Event
+		who        Member
+		rule       string
+		highlights bool
+	}{
+		{"mention of carol, for carol", rtEvent(t, "m.room.message", `{"msgtype":"m.text","body":"hi","m.mentions":{"user_ids":["@carol:example.org"]}}`), carol, ".m.rule.is_user_mention", true},
+		{"mention of carol, for dave", rtEvent(t, "m.room.message", `{"msgtype":"m.text","body":"hi","m.mentions":{"user_ids":["@carol:example.org"]}}`), dave, ".m.rule.message", false},
+		{"invite of carol, for carol", rtEvent(t, "m.room.member", `{"membership":"invite"}`, "state_key", `"@carol:example.org"`), carol, ".m.rule.invite_for_me", false},
+		{"invite of carol, for dave", rtEvent(t, "m.room.member", `{"membership":"invite"}`, "state_key", `"@carol:example.org"`), dave, ".m.rule.member_event", false},
+		{"carol's localpart, for carol", rtEvent(t, "m.room.message", `{"msgtype":"m.text","body":"ask Carol"}`), carol, ".m.rule.contains_user_name", true},
+		{"carol's localpart, for dave", rtEvent(t, "m.room.message", `{"msgtype":"m.text","body":"ask Carol"}`), dave, ".m.rule.message", false},
+	}
+	for _, c := range cases {
+		got := shared.Evaluate(c.ev, c.who, rtGroup(0))
+		want := Compile(Defaults(c.who.UserID), c.who.UserID).Evaluate(c.ev, c.who, rtGroup(0))
+		if got.RuleID != c.rule || got.Highlight != c.highlights || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: %+v (per-user rules: %+v), want rule %s highlight %v", c.name, got, want, c.rule, c.highlights)
+		}
 	}
 }

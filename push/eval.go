@@ -337,9 +337,18 @@ const (
 	cmpGe
 )
 
+// Member-relative conditions of the shared default evaluator (see
+// CompileDefaults): what they compare with is the evaluated member's ID.
+const (
+	relNone      uint8 = iota
+	relUserID          // the pattern or value is the member's user ID
+	relLocalpart       // the content pattern is the member's localpart
+)
+
 type compiledCond struct {
 	op   condOp
 	cmp  uint8
+	rel  uint8
 	path propPath
 	// lit is the lowered pattern of an event_match or content rule with no
 	// wildcard; glob the compiled pattern otherwise.
@@ -348,6 +357,36 @@ type compiledCond struct {
 	value scalar
 	n     int64
 	str   string // notification key, room ID or sender
+}
+
+// memberSentinel stands for "the member" when the server-default rules
+// are compiled once for everyone: the conditions that name it compare with
+// the evaluated member's ID instead (invite_for_me's state key,
+// is_user_mention's user ID, contains_user_name's localpart). It is no
+// valid Matrix user ID, so no real rule can name it.
+const memberSentinel = id.UserID("@\x00weft-member\x00:\x00")
+
+// CompileDefaults builds one evaluator of the server-default rules that
+// serves every member who has no rules of their own: in a big room most
+// members share it, so their evaluations run over one ruleset that stays
+// in the CPU caches instead of a thousand copies. Evaluate must be given
+// the member (Member.UserID).
+func CompileDefaults() *Evaluator {
+	e := Compile(Defaults(memberSentinel), "")
+	lowID := strings.ToLower(string(memberSentinel))
+	lowLocal := strings.ToLower(memberSentinel.Localpart())
+	for i := range e.conds {
+		c := &e.conds[i]
+		switch {
+		case c.op == opGlob && c.glob == nil && c.lit == lowID:
+			c.rel = relUserID
+		case (c.op == opPropHas || c.op == opPropIs) && c.value.kind == scalarString && c.value.s == string(memberSentinel):
+			c.rel = relUserID
+		case c.op == opBodyGlob && c.glob == nil && c.lit == lowLocal:
+			c.rel = relLocalpart
+		}
+	}
+	return e
 }
 
 // Compile builds user's evaluator from their ruleset. Disabled rules, and
@@ -525,6 +564,9 @@ func (c *compiledCond) match(ev *Event, m *Member, room *RoomState) bool {
 		if !ok {
 			return false
 		}
+		if c.rel == relUserID {
+			return strings.EqualFold(s, string(m.UserID))
+		}
 		if c.glob == nil {
 			return equalLower(s, c.lit)
 		}
@@ -532,6 +574,9 @@ func (c *compiledCond) match(ev *Event, m *Member, room *RoomState) bool {
 	case opBodyGlob:
 		if !ev.hasBody {
 			return false
+		}
+		if c.rel == relLocalpart {
+			return indexWords(ev.lowBody, strings.ToLower(m.UserID.Localpart()))
 		}
 		if c.glob == nil {
 			return indexWords(ev.lowBody, c.lit)
@@ -543,6 +588,9 @@ func (c *compiledCond) match(ev *Event, m *Member, room *RoomState) bool {
 			return false
 		}
 		s, ok := scalarOf(v)
+		if c.rel == relUserID {
+			return ok && s.kind == scalarString && s.s == string(m.UserID)
+		}
 		return ok && s == c.value
 	case opPropHas:
 		v, ok := ev.lookup(c.path)
@@ -553,8 +601,12 @@ func (c *compiledCond) match(ev *Event, m *Member, room *RoomState) bool {
 		if !ok {
 			return false
 		}
+		want := c.value
+		if c.rel == relUserID {
+			want = scalar{kind: scalarString, s: string(m.UserID)}
+		}
 		for _, item := range arr {
-			if s, ok := scalarOf(item); ok && s == c.value {
+			if s, ok := scalarOf(item); ok && s == want {
 				return true
 			}
 		}

@@ -39,6 +39,8 @@ type Service struct {
 	// gen counts writes, so a load that raced a write does not cache what
 	// it read before the write (see Evaluators).
 	gen uint64
+	// defaults serves every user with no rules of their own.
+	defaults *Evaluator
 }
 
 // maxCachedEvaluators bounds the cache; past it the cache starts over.
@@ -49,7 +51,7 @@ func NewService(store Store, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: store, log: log, evals: map[id.UserID]*Evaluator{}}
+	return &Service{store: store, log: log, evals: map[id.UserID]*Evaluator{}, defaults: CompileDefaults()}
 }
 
 // Rules is the user's whole ruleset: the server defaults with the user's
@@ -142,16 +144,17 @@ func parseScopeKind(scope, kind string) (Kind, error) {
 	return ParseKind(kind)
 }
 
-// Evaluators returns the compiled rules of each of users, loading those
-// not cached in one query.
-func (s *Service) Evaluators(ctx context.Context, users []id.UserID) (map[id.UserID]*Evaluator, error) {
-	out := make(map[id.UserID]*Evaluator, len(users))
+// Evaluators returns the compiled rules of each of users (out[i] is
+// users[i]'s), loading those not cached in one query. Users with no rules
+// of their own share one evaluator of the server defaults.
+func (s *Service) Evaluators(ctx context.Context, users []id.UserID) ([]*Evaluator, error) {
+	out := make([]*Evaluator, len(users))
 	var missing []id.UserID
 	s.mu.Lock()
 	gen := s.gen
-	for _, u := range users {
+	for i, u := range users {
 		if ev, ok := s.evals[u]; ok {
-			out[u] = ev
+			out[i] = ev
 		} else {
 			missing = append(missing, u)
 		}
@@ -166,9 +169,16 @@ func (s *Service) Evaluators(ctx context.Context, users []id.UserID) (map[id.Use
 	}
 	loaded := make(map[id.UserID]*Evaluator, len(missing))
 	for _, u := range missing {
-		ev := Compile(s.render(stored[u], u), u)
-		loaded[u] = ev
-		out[u] = ev
+		if raw, ok := stored[u]; ok {
+			loaded[u] = Compile(s.render(raw, u), u)
+		} else {
+			loaded[u] = s.defaults
+		}
+	}
+	for i, u := range users {
+		if out[i] == nil {
+			out[i] = loaded[u]
+		}
 	}
 	s.mu.Lock()
 	// A write since the read may have replaced a user's rules; what was

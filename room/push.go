@@ -29,8 +29,8 @@ import (
 // PushRules is what the room domain needs of the push rules service
 // (*push.Service).
 type PushRules interface {
-	// Evaluators returns the compiled rules of users.
-	Evaluators(ctx context.Context, users []id.UserID) (map[id.UserID]*push.Evaluator, error)
+	// Evaluators returns the compiled rules of users, in their order.
+	Evaluators(ctx context.Context, users []id.UserID) ([]*push.Evaluator, error)
 	// Warm loads the compiled rules of users not cached yet.
 	Warm(ctx context.Context, users []id.UserID) error
 }
@@ -252,9 +252,10 @@ func (s *Service) evaluate(tx Tx, p *pdu.PDU, eventID id.EventID, ms *memberSet,
 	if err != nil {
 		return nil, err
 	}
-	outcome := func(u id.UserID) Notification {
+	outcome := func(i int) Notification {
+		u := users[i]
 		n := Notification{User: u, Thread: thread}
-		if e := evals[u]; e != nil {
+		if e := evals[i]; e != nil {
 			o := e.Evaluate(ev, push.Member{UserID: u, DisplayName: ms.members[u]}, rs)
 			n.Notify, n.Highlight, n.Actions = o.Notify, o.Highlight, o.Actions
 		}
@@ -272,8 +273,8 @@ func (s *Service) evaluate(tx Tx, p *pdu.PDU, eventID id.EventID, ms *memberSet,
 	}
 	var groups []group
 	best := -1
-	for i, u := range members {
-		results[i] = outcome(u)
+	for i := range members {
+		results[i] = outcome(i)
 		g := slices.IndexFunc(groups, func(g group) bool { return sameOutcome(g.n, results[i]) })
 		if g < 0 {
 			if len(groups) == maxOutcomeGroups {
@@ -303,7 +304,7 @@ func (s *Service) evaluate(tx Tx, p *pdu.PDU, eventID id.EventID, ms *memberSet,
 		out.Exceptions = append(out.Exceptions, n)
 	}
 	if invitee != "" {
-		if n := outcome(invitee); n.Notify {
+		if n := outcome(len(users) - 1); n.Notify {
 			out.Exceptions = append(out.Exceptions, n)
 		}
 	}
