@@ -44,6 +44,8 @@ CREATE TABLE event_push_exceptions (
     PRIMARY KEY (user_id, room_id, stream_pos)
 );
 CREATE INDEX event_push_exceptions_user_pos ON event_push_exceptions (user_id, stream_pos);
+-- A room's outcomes between two positions, for every member at once.
+CREATE INDEX event_push_exceptions_room_pos ON event_push_exceptions (room_id, stream_pos);
 
 -- member_since is, for a member event in the current state, the position
 -- where the user's current membership began: a join that only changes a
