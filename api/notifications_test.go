@@ -2,8 +2,6 @@ package api_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,11 +17,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/weftchat/weft/account"
-	"github.com/weftchat/weft/api"
-	"github.com/weftchat/weft/room"
 	"github.com/weftchat/weft/storage"
-	"github.com/weftchat/weft/storage/pgtest"
 	"github.com/weftchat/weft/syncapi"
 )
 
@@ -43,47 +37,8 @@ type notifStack struct {
 
 func newNotifStack(t *testing.T) *notifStack {
 	t.Helper()
-	ctx := context.Background()
-	dbURL := pgtest.NewDatabase(t)
-	db, err := storage.Open(ctx, dbURL, storage.Options{MaxConns: 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	accounts := account.New(account.Config{
-		ServerName: syncTestServer, RegistrationMode: "open",
-		Password:            account.PasswordPolicy{MinLength: 8, BcryptCost: 4},
-		AccessTokenLifetime: time.Hour,
-	}, db.Accounts(), nil, nil)
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rooms := room.New(room.Config{Signer: room.Signer{ServerName: syncTestServer, KeyID: "ed25519:t", Key: priv}}, db.Rooms(), noProfiles{}, nil)
-	n := syncapi.NewNotifier(0, time.Now())
-	db.SetStreamListener(n.Committed)
-	pos, err := db.MaxStreamPos(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.Start(pos)
-	syncs := syncapi.New(syncapi.Config{
-		LoadFilter: func(ctx context.Context, user id.UserID, filterID string) (json.RawMessage, error) {
-			return accounts.Filter(ctx, &account.Requester{UserID: user}, user, filterID)
-		},
-		ValidateFilter: account.ValidateFilter,
-	}, db.Sync(), rooms, n, nil)
-	srv := httptest.NewServer(api.NewRouter(api.Options{
-		ServerName: syncTestServer, MaxBodyBytes: 1 << 20, Accounts: accounts, Rooms: rooms, Sync: syncs,
-		RegistrationMode: "open", Health: db,
-	}))
-	t.Cleanup(func() { syncs.Stop(); srv.Close() })
-	return &notifStack{srv: srv, syncs: syncs, db: db, pool: pool}
+	st := newStack(t, stackOpts{})
+	return &notifStack{srv: st.srv, syncs: st.syncs, db: st.db, pool: st.raw}
 }
 
 // notify writes the row push evaluation writes when user's rules say

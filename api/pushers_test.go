@@ -9,34 +9,14 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"maunium.net/go/mautrix"
-
-	"github.com/weftchat/weft/account"
-	"github.com/weftchat/weft/api"
-	"github.com/weftchat/weft/push"
-	"github.com/weftchat/weft/storage/pgtest"
 )
 
-const pushersServer = "pushers.example"
-
-// pushersStack is the router with accounts and the push service over real
-// Postgres.
+// pushersStack is the whole API over real Postgres.
 func pushersStack(t *testing.T) *httptest.Server {
 	t.Helper()
-	db := pgtest.NewDB(t)
-	accounts := account.New(account.Config{
-		ServerName: pushersServer, RegistrationMode: "open",
-		Password:            account.PasswordPolicy{MinLength: 8, BcryptCost: 4},
-		AccessTokenLifetime: time.Hour,
-	}, db.Accounts(), nil, nil)
-	srv := httptest.NewServer(api.NewRouter(api.Options{
-		ServerName: pushersServer, MaxBodyBytes: 1 << 20, Accounts: accounts, RegistrationMode: "open", Health: db,
-		Push: push.NewService(db.PushRules(), nil),
-	}))
-	t.Cleanup(srv.Close)
-	return srv
+	return newStack(t, stackOpts{}).srv
 }
 
 // pushersSession registers (or logs in again as) localpart.

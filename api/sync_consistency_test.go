@@ -2,8 +2,6 @@ package api_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -18,10 +16,6 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/weftchat/weft/account"
-	"github.com/weftchat/weft/api"
-	"github.com/weftchat/weft/room"
-	"github.com/weftchat/weft/storage/pgtest"
 	"github.com/weftchat/weft/syncapi"
 )
 
@@ -38,46 +32,12 @@ func syncStack(t *testing.T) *httptest.Server {
 // syncStackService is syncStack, with its sync service.
 func syncStackService(t *testing.T) (*httptest.Server, *syncapi.Service) {
 	t.Helper()
-	ctx := context.Background()
-	db := pgtest.NewDB(t)
-	accounts := account.New(account.Config{
-		ServerName: syncTestServer, RegistrationMode: "open",
-		Password:            account.PasswordPolicy{MinLength: 8, BcryptCost: 4},
-		AccessTokenLifetime: time.Hour,
-	}, db.Accounts(), nil, nil)
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rooms := room.New(room.Config{Signer: room.Signer{ServerName: syncTestServer, KeyID: "ed25519:t", Key: priv}}, db.Rooms(), noProfiles{}, nil)
-	n := syncapi.NewNotifier(0, time.Now())
-	db.SetStreamListener(n.Committed)
-	pos, err := db.MaxStreamPos(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.Start(pos)
-	syncs := syncapi.New(syncapi.Config{
-		LoadFilter: func(ctx context.Context, user id.UserID, filterID string) (json.RawMessage, error) {
-			return accounts.Filter(ctx, &account.Requester{UserID: user}, user, filterID)
-		},
-		ValidateFilter: account.ValidateFilter,
-	}, db.Sync(), rooms, n, nil)
 	// Served as weft serve does: idle long-polls park their connections
-	// and hand them back through the listener.
-	srv := httptest.NewUnstartedServer(nil)
-	ln := api.NewListener(srv.Listener)
-	srv.Listener = ln
-	srv.Config.Handler = api.NewRouter(api.Options{
-		ServerName: syncTestServer, MaxBodyBytes: 1 << 20, Accounts: accounts, Rooms: rooms, Sync: syncs,
-		RegistrationMode: "open", Health: db, Listener: ln,
-	})
-	// A short header timeout: connections handed back by parked polls
-	// must still wait for their next request like kept-alive ones.
-	srv.Config.ReadHeaderTimeout = 300 * time.Millisecond
-	srv.Start()
-	t.Cleanup(func() { syncs.Stop(); srv.Close() })
-	return srv, syncs
+	// and hand them back through the listener. A short header timeout:
+	// connections handed back by parked polls must still wait for their
+	// next request like kept-alive ones.
+	st := newStack(t, stackOpts{park: true, readHeaderTimeout: 300 * time.Millisecond})
+	return st.srv, st.syncs
 }
 
 type noProfiles struct{}

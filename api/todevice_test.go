@@ -20,17 +20,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto/canonicaljson"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
-	"github.com/weftchat/weft/account"
-	"github.com/weftchat/weft/api"
-	"github.com/weftchat/weft/room"
 	"github.com/weftchat/weft/storage"
-	"github.com/weftchat/weft/storage/pgtest"
 	"github.com/weftchat/weft/syncapi"
 )
 
@@ -57,68 +52,20 @@ type tdOpts struct {
 
 func newTDStack(t testing.TB, o tdOpts) *tdStack {
 	t.Helper()
-	ctx := context.Background()
-	var dbURL string
-	if o.restartOf != nil {
-		dbURL = o.restartOf.dbURL
-	} else {
-		dbURL = pgtest.NewDatabase(t)
-	}
-	db, err := storage.Open(ctx, dbURL, storage.Options{MaxConns: 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	raw, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(raw.Close)
-	st := &tdStack{db: db, raw: raw, dbURL: dbURL}
-	accounts := account.New(account.Config{
-		ServerName: syncTestServer, RegistrationMode: "open",
-		Password:            account.PasswordPolicy{MinLength: 8, BcryptCost: 4},
-		AccessTokenLifetime: time.Hour,
-	}, st.db.Accounts(), nil, nil)
-	if o.restartOf != nil {
-		st.key = o.restartOf.key
-	} else if _, st.key, err = ed25519.GenerateKey(rand.Reader); err != nil {
-		t.Fatal(err)
-	}
-	rooms := room.New(room.Config{Signer: room.Signer{ServerName: syncTestServer, KeyID: "ed25519:t", Key: st.key}}, st.db.Rooms(), noProfiles{}, nil)
-	n := syncapi.NewNotifier(0, time.Now())
-	st.db.SetStreamListener(n.Committed)
-	pos, err := st.db.MaxStreamPos(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.Start(pos)
-	keyCounts := func(_ context.Context, user id.UserID, device id.DeviceID) (map[id.KeyAlgorithm]int, []id.KeyAlgorithm, error) {
+	st := &tdStack{}
+	so := stackOpts{park: true, toDeviceBacklog: o.backlog}
+	so.keyCounts = func(_ context.Context, user id.UserID, device id.DeviceID) (map[id.KeyAlgorithm]int, []id.KeyAlgorithm, error) {
 		if f := st.counts.Load(); f != nil {
 			c, fb := (*f)(user, device)
 			return c, fb, nil
 		}
 		return nil, nil, nil
 	}
-	st.syncs = syncapi.New(syncapi.Config{
-		LoadFilter: func(ctx context.Context, user id.UserID, filterID string) (json.RawMessage, error) {
-			return accounts.Filter(ctx, &account.Requester{UserID: user}, user, filterID)
-		},
-		ValidateFilter:  account.ValidateFilter,
-		KeyCounts:       keyCounts,
-		ServerName:      syncTestServer,
-		ToDeviceBacklog: o.backlog,
-	}, st.db.Sync(), rooms, n, nil)
-	reg := prometheus.NewRegistry()
-	st.srv = httptest.NewUnstartedServer(nil)
-	ln := api.NewListener(st.srv.Listener)
-	st.srv.Listener = ln
-	st.srv.Config.Handler = api.NewRouter(api.Options{
-		ServerName: syncTestServer, MaxBodyBytes: 1 << 20, Accounts: accounts, Rooms: rooms, Sync: st.syncs,
-		RegistrationMode: "open", Health: st.db, Listener: ln, Metrics: reg, Gatherer: reg,
-	})
-	st.srv.Start()
-	t.Cleanup(func() { st.syncs.Stop(); st.srv.Close() })
+	if o.restartOf != nil {
+		so.restartOf = &stack{dbURL: o.restartOf.dbURL, key: o.restartOf.key}
+	}
+	full := newStack(t, so)
+	st.srv, st.db, st.raw, st.dbURL, st.key, st.syncs = full.srv, full.db, full.raw, full.dbURL, full.key, full.syncs
 	return st
 }
 
