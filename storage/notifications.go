@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"maunium.net/go/mautrix/id"
+
 	"github.com/weftchat/weft/syncapi"
 )
 
@@ -130,6 +132,98 @@ func (s *Sync) Unread(ctx context.Context, keys []syncapi.UnreadKey, to int64) (
 // already holds a connection does not take a second one.
 func (r *syncReader) Unread(keys []syncapi.UnreadKey, to int64) (map[syncapi.UnreadKey]*syncapi.RoomUnread, error) {
 	return unread(r.ctx, r.tx, keys, to)
+}
+
+// unreadEventsSQL lists a room's events in ($2, $3], oldest first, up to
+// $4, with what each did to the members' unread counts: the summary row
+// (NULL thread: none), the exceptions as parallel arrays (NULL: none),
+// and, for a member event that changed its user's membership, that user
+// and the new membership. "Changed" is decided against the user's previous
+// member event in the room by stream position, which is what
+// current_state.member_since was compared with when the event was
+// appended (storage/rooms.go): rooms append linearly, so the previous
+// member event by position is the membership the event replaced. The
+// events are read through events_room_pos, the outcomes by their
+// primary key and event_push_exceptions_room_pos; rejected events are
+// not left out, as unreadSQL does not leave them out of own events.
+const unreadEventsSQL = `
+SELECT e.stream_pos, e.sender, e.state_key IS NOT NULL,
+	CASE WHEN e.type = 'm.room.member' AND e.state_key IS NOT NULL
+		AND (p.membership IS NULL OR p.membership <> coalesce(e.pdu->'content'->>'membership', ''))
+		THEN e.state_key END,
+	coalesce(e.pdu->'content'->>'membership', ''),
+	s.thread_id, coalesce(s.highlight, false),
+	x.users, x.notify, x.threads, x.highlights
+FROM events e
+LEFT JOIN LATERAL (
+	SELECT coalesce(pe.pdu->'content'->>'membership', '') AS membership FROM events pe
+	WHERE e.type = 'm.room.member' AND pe.type = 'm.room.member' AND pe.state_key = e.state_key
+	  AND pe.room_id = e.room_id AND pe.stream_pos < e.stream_pos
+	ORDER BY pe.stream_pos DESC LIMIT 1
+) p ON true
+LEFT JOIN event_push_summary s ON s.room_id = e.room_id AND s.stream_pos = e.stream_pos
+LEFT JOIN LATERAL (
+	SELECT array_agg(x.user_id) AS users, array_agg(x.notify) AS notify, array_agg(x.thread_id) AS threads, array_agg(x.highlight) AS highlights
+	FROM event_push_exceptions x WHERE x.room_id = e.room_id AND x.stream_pos = e.stream_pos
+) x ON true
+WHERE e.room_id = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3
+ORDER BY e.stream_pos
+LIMIT $4`
+
+func unreadEvents(ctx context.Context, q querier, roomID id.RoomID, after, to int64, limit int) ([]syncapi.UnreadEvent, error) {
+	rows, err := q.Query(ctx, unreadEventsSQL, roomID, after, to, limit)
+	if err != nil {
+		return nil, fmt.Errorf("reading the unread outcomes of %s's events: %w", roomID, err)
+	}
+	defer rows.Close()
+	var out []syncapi.UnreadEvent
+	for rows.Next() {
+		var ev syncapi.UnreadEvent
+		var member *string
+		var thread *string
+		var highlight bool
+		var users, threads []string
+		var notify, highlights []bool
+		if err := rows.Scan(&ev.Pos, &ev.Sender, &ev.State, &member, &ev.Membership, &thread, &highlight,
+			&users, &notify, &threads, &highlights); err != nil {
+			return nil, fmt.Errorf("reading the unread outcomes of %s's events: %w", roomID, err)
+		}
+		if member != nil {
+			ev.Member = id.UserID(*member)
+		} else {
+			ev.Membership = ""
+		}
+		if thread != nil {
+			ev.Summary = &syncapi.UnreadOutcome{Notify: true, Thread: *thread, Highlight: highlight}
+		}
+		if len(users) > 0 {
+			if len(notify) != len(users) || len(threads) != len(users) || len(highlights) != len(users) {
+				return nil, fmt.Errorf("reading the unread outcomes of %s's events: exception arrays of different lengths", roomID)
+			}
+			ev.Exceptions = make(map[id.UserID]syncapi.UnreadOutcome, len(users))
+			for i, u := range users {
+				ev.Exceptions[id.UserID(u)] = syncapi.UnreadOutcome{Notify: notify[i], Thread: threads[i], Highlight: highlights[i]}
+			}
+		}
+		out = append(out, ev)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading the unread outcomes of %s's events: %w", roomID, err)
+	}
+	return out, nil
+}
+
+// UnreadEvents lists up to limit of the room's events in (after, to],
+// oldest first, with their push outcomes, outside any snapshot: events
+// and their outcomes at or below a committed position never change, and
+// are written in one transaction.
+func (s *Sync) UnreadEvents(ctx context.Context, roomID id.RoomID, after, to int64, limit int) ([]syncapi.UnreadEvent, error) {
+	return unreadEvents(ctx, s.db.pool, roomID, after, to, limit)
+}
+
+// UnreadEvents is Sync.UnreadEvents inside the response's snapshot.
+func (r *syncReader) UnreadEvents(roomID id.RoomID, after, to int64, limit int) ([]syncapi.UnreadEvent, error) {
+	return unreadEvents(r.ctx, r.tx, roomID, after, to, limit)
 }
 
 // Notifications lists the user's notifications below q.Before (0: from

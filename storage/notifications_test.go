@@ -6,11 +6,17 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"maps"
+	mrand "math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/weftchat/weft/push"
 	"github.com/weftchat/weft/room"
 	"github.com/weftchat/weft/storage"
 	"github.com/weftchat/weft/storage/pgtest"
@@ -390,4 +396,282 @@ func TestNotificationsPagesNewestFirstWithReadFlags(t *testing.T) {
 	if len(hl) != 2 || hl[0].Event.ID != evs[3] || hl[1].Event.ID != evs[0] {
 		t.Fatalf("highlights: %v", hl)
 	}
+}
+
+// TestUnreadCountsFoldLikeTheFullCount runs random sequences of room
+// activity with push evaluation on and checks, after every step and for
+// every joined member, that counts carried forward by folding the room's
+// new events (UnreadEvents and RoomUnread.Fold, what /sync does when the
+// member had no receipt since) equal the full count. A member's folded
+// counts are carried from step to step; only a receipt of theirs starts
+// them again from the full count, as /sync does.
+func TestUnreadCountsFoldLikeTheFullCount(t *testing.T) {
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := mrand.New(mrand.NewPCG(uint64(seed), 0))
+	s := newNotifStore(t)
+	rules := push.NewService(s.db.PushRules(), nil)
+	s.rooms.SetPushRules(rules)
+	users := []id.UserID{notifUser("alice"), notifUser("bob"), notifUser("carol"), notifUser("dave")}
+	for _, u := range users {
+		// Push rules are account data, which belongs to an account.
+		if _, err := s.conn.Exec(s.ctx, `INSERT INTO users (user_id, localpart) VALUES ($1, $2)`, u, u.Localpart()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	muted := map[syncapi.UnreadKey]bool{}
+	alice := users[0]
+	names := map[id.UserID]string{}
+	type roomState struct {
+		id      id.RoomID
+		joined  map[id.UserID]bool
+		main    []id.EventID                // events of the main timeline
+		threads map[id.EventID][]id.EventID // root: its replies
+	}
+	var rooms []*roomState
+	for range 2 {
+		r := &roomState{id: s.room(alice, users[1:]...), joined: map[id.UserID]bool{}, threads: map[id.EventID][]id.EventID{}}
+		for _, u := range users {
+			r.joined[u] = true
+		}
+		rooms = append(rooms, r)
+	}
+	// Per member and room: the counts carried forward and their position.
+	type carried struct {
+		counts   *syncapi.RoomUnread
+		at       int64
+		receipts bool // a receipt since: start again from the full count
+	}
+	state := map[syncapi.UnreadKey]*carried{}
+	pick := func(list []id.UserID) id.UserID { return list[rng.IntN(len(list))] }
+	members := func(r *roomState, joined bool) []id.UserID {
+		var out []id.UserID
+		for _, u := range users {
+			if r.joined[u] == joined {
+				out = append(out, u)
+			}
+		}
+		return out
+	}
+	sendRaw := func(r *roomState, sender id.UserID, content map[string]any) id.EventID {
+		t.Helper()
+		raw, _ := json.Marshal(content)
+		s.txn++
+		eid, err := s.rooms.Send(s.ctx, room.SendParams{Sender: sender, Device: "D", RoomID: r.id, Type: "m.room.message", TxnID: fmt.Sprint(s.txn), Content: raw})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return eid
+	}
+	folds, receipts, leaves := 0, 0, 0
+	nonzero, highlights, threaded := 0, 0, 0
+	for step := range 250 {
+		r := rooms[rng.IntN(len(rooms))]
+		in := members(r, true)
+		sender := pick(in)
+		var did string
+		switch k := rng.IntN(100); {
+		case k < 25:
+			body := "hello"
+			if rng.IntN(3) == 0 {
+				// The legacy display-name rule highlights a member named
+				// in the body.
+				if n := names[pick(users)]; n != "" {
+					body = "hi " + n
+				}
+			}
+			r.main = append(r.main, sendRaw(r, sender, map[string]any{"msgtype": "m.text", "body": body}))
+			did = "message: " + body
+		case k < 35:
+			target := pick(users)
+			mentions := map[string]any{"user_ids": []id.UserID{target}}
+			if rng.IntN(4) == 0 {
+				mentions = map[string]any{"room": true}
+				sender = alice // who may notify the room
+				if !r.joined[alice] {
+					continue
+				}
+			}
+			r.main = append(r.main, sendRaw(r, sender, map[string]any{"msgtype": "m.text", "body": "look", "m.mentions": mentions}))
+			did = fmt.Sprint("mention ", mentions)
+		case k < 50:
+			if len(r.main) == 0 {
+				continue
+			}
+			root := r.main[rng.IntN(len(r.main))]
+			content := map[string]any{"msgtype": "m.text", "body": "in thread",
+				"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root}}
+			if rng.IntN(3) == 0 {
+				content["m.mentions"] = map[string]any{"user_ids": []id.UserID{pick(users)}}
+			}
+			reply := sendRaw(r, sender, content)
+			r.threads[root] = append(r.threads[root], reply)
+			did = "thread reply"
+		case k < 56:
+			r.main = append(r.main, sendRaw(r, sender, map[string]any{"msgtype": "m.notice", "body": "bot"}))
+			did = "notice"
+		case k < 78:
+			typ := room.ReceiptRead
+			if rng.IntN(2) == 0 {
+				typ = room.ReceiptReadPrivate
+			}
+			var eid id.EventID
+			var thread string
+			roots := slices.Collect(maps.Keys(r.threads))
+			slices.Sort(roots)
+			switch c := rng.IntN(3); {
+			case c == 0 && len(roots) > 0:
+				root := roots[rng.IntN(len(roots))]
+				replies := r.threads[root]
+				eid, thread = replies[rng.IntN(len(replies))], string(root)
+			case len(r.main) > 0:
+				eid = r.main[rng.IntN(len(r.main))]
+				if c == 1 {
+					thread = room.MainThread
+				}
+			default:
+				continue
+			}
+			if thread == "" && rng.IntN(2) == 0 && len(roots) > 0 {
+				// An unthreaded receipt may name a thread's event.
+				replies := r.threads[roots[rng.IntN(len(roots))]]
+				eid = replies[rng.IntN(len(replies))]
+			}
+			s.receipt(sender, r.id, typ, eid, thread)
+			if c := state[syncapi.UnreadKey{User: sender, Room: r.id}]; c != nil {
+				c.receipts = true
+			}
+			receipts++
+			did = fmt.Sprintf("%s receipt in thread %q", typ, thread)
+		case k < 88:
+			names[sender] = fmt.Sprintf("Name%d", step)
+			content, _ := json.Marshal(map[string]any{"membership": "join", "displayname": names[sender]})
+			if _, err := s.rooms.SetState(s.ctx, sender, r.id, "m.room.member", string(sender), content); err != nil {
+				t.Fatal(err)
+			}
+			did = "display name " + names[sender]
+		case k < 91:
+			// A muted room gives the member an exception that does not
+			// notify while the others are notified.
+			mk := syncapi.UnreadKey{User: sender, Room: r.id}
+			var err error
+			if muted[mk] {
+				err = rules.DeleteRule(s.ctx, sender, "global", "room", string(r.id))
+				did = "unmute"
+			} else {
+				err = rules.PutRule(s.ctx, sender, "global", "room", string(r.id), "", "", json.RawMessage(`{"actions":[]}`))
+				did = "mute"
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			muted[mk] = !muted[mk]
+		case k < 95:
+			if sender == alice {
+				continue // alice stays to invite and notify the room
+			}
+			if err := s.rooms.Leave(s.ctx, room.MembershipParams{Sender: sender, RoomID: r.id}); err != nil {
+				t.Fatal(err)
+			}
+			r.joined[sender] = false
+			leaves++
+			did = "leave"
+		default:
+			out := members(r, false)
+			if len(out) == 0 {
+				continue
+			}
+			sender = pick(out)
+			if rng.IntN(2) == 0 {
+				if err := s.rooms.Invite(s.ctx, room.MembershipParams{Sender: alice, RoomID: r.id, Target: sender}); err != nil {
+					t.Fatal(err)
+				}
+				did = "invite and "
+			}
+			if err := s.rooms.Join(s.ctx, room.MembershipParams{Sender: sender, RoomID: r.id}); err != nil {
+				t.Fatal(err)
+			}
+			r.joined[sender] = true
+			did += "join"
+		}
+		to := s.maxPos()
+		for _, rr := range rooms {
+			for _, u := range members(rr, true) {
+				k := syncapi.UnreadKey{User: u, Room: rr.id}
+				full := s.unread(u, []id.RoomID{rr.id}, to)[rr.id]
+				c := state[k]
+				if c == nil || c.receipts {
+					state[k] = &carried{counts: full, at: to}
+					continue
+				}
+				events := s.unreadEvents(rr.id, c.at, to)
+				folded, ok := c.counts.Fold(u, events)
+				if !ok {
+					t.Fatalf("step %d (%s by %s): %s's counts in %s do not fold over %d events", step, did, sender, u, rr.id, len(events))
+				}
+				if a, b := fmt.Sprint(folded.Threads, " changed ", folded.Changed), fmt.Sprint(full.Threads, " changed ", full.Changed); a != b {
+					t.Fatalf("step %d (%s by %s in %s): %s in %s: folded %s, full count %s", step, did, sender, r.id, u, rr.id, a, b)
+				}
+				c.counts, c.at = folded, to
+				folds++
+				total, hl, threads := 0, 0, 0
+				for th, n := range folded.Threads {
+					total += n.NotificationCount
+					hl += n.HighlightCount
+					if th != room.MainThread {
+						threads++
+					}
+				}
+				if total > 0 {
+					nonzero++
+				}
+				if hl > 0 {
+					highlights++
+				}
+				if threads > 0 {
+					threaded++
+				}
+			}
+		}
+	}
+	t.Logf("%d folds checked (%d with counts, %d with highlights, %d with threads); %d receipts, %d leaves",
+		folds, nonzero, highlights, threaded, receipts, leaves)
+	if nonzero == 0 || highlights == 0 || threaded == 0 {
+		t.Fatal("the sequence never had unread counts of every kind to check")
+	}
+}
+
+// unreadEvents reads the room's events in (after, to] both ways (pool
+// and snapshot), which must agree.
+func (s *notifStore) unreadEvents(rid id.RoomID, after, to int64) []syncapi.UnreadEvent {
+	s.t.Helper()
+	got, err := s.sync.UnreadEvents(s.ctx, rid, after, to, 1000)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	snap, err := s.sync.Snapshot(s.ctx)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer snap.Close()
+	inSnap, err := snap.UnreadEvents(rid, after, to, 1000)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if a, b := eventsString(got), eventsString(inSnap); a != b {
+		s.t.Fatalf("pool read %s, snapshot read %s", a, b)
+	}
+	return got
+}
+
+func eventsString(evs []syncapi.UnreadEvent) string {
+	var b strings.Builder
+	for _, e := range evs {
+		fmt.Fprintf(&b, "%d %s state=%v member=%s/%s", e.Pos, e.Sender, e.State, e.Member, e.Membership)
+		if e.Summary != nil {
+			fmt.Fprintf(&b, " summary=%+v", *e.Summary)
+		}
+		fmt.Fprintf(&b, " exceptions=%v;", e.Exceptions)
+	}
+	return b.String()
 }

@@ -88,3 +88,50 @@ func (c *memo[K, V]) put(k K, v V) {
 	}
 	c.m[k] = e
 }
+
+// latest keeps, per key, the value put with the highest position, for
+// values that can be carried forward from an older position (unread
+// counts: unread.go). Entries expire after ttl; when it holds max entries
+// it starts afresh.
+type latest[K comparable, V any] struct {
+	mu  sync.Mutex
+	m   map[K]latestEntry[V]
+	ttl time.Duration
+	max int
+}
+
+type latestEntry[V any] struct {
+	pos int64
+	v   V
+	at  time.Time
+}
+
+func newLatest[K comparable, V any](ttl time.Duration, max int) *latest[K, V] {
+	return &latest[K, V]{m: map[K]latestEntry[V]{}, ttl: ttl, max: max}
+}
+
+// get returns the value for k and the position it was put with.
+func (c *latest[K, V]) get(k K) (pos int64, v V, ok bool) {
+	c.mu.Lock()
+	e, ok := c.m[k]
+	c.mu.Unlock()
+	if !ok || time.Since(e.at) > c.ttl {
+		return 0, v, false
+	}
+	return e.pos, e.v, true
+}
+
+// put stores v for k at pos, unless a value at a higher position is
+// there: concurrent requests may finish out of order.
+func (c *latest[K, V]) put(k K, pos int64, v V) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[k]; ok && e.pos > pos && now.Sub(e.at) <= c.ttl {
+		return
+	}
+	if len(c.m) >= c.max {
+		clear(c.m)
+	}
+	c.m[k] = latestEntry[V]{pos: pos, v: v, at: now}
+}

@@ -39,8 +39,11 @@ type caches struct {
 	plain       *memo[stateKey, bool]
 	// encrypted holds rooms known to be encrypted, which they stay.
 	encrypted *roomSet
-	// unread is a user's counts in a room (unread.go).
-	unread *memo[unreadKey, *RoomUnread]
+	// unread is each user's newest counts per room, with the position
+	// they hold at; unreadEvents a room's events with their push
+	// outcomes in (from, to], for folding (unread.go).
+	unread       *latest[UnreadKey, *RoomUnread]
+	unreadEvents *memo[unreadEventsKey, []UnreadEvent]
 }
 
 type timelineKey = TimelineReq
@@ -71,7 +74,8 @@ func newCaches() *caches {
 		plain:       newMemo[stateKey, bool](5*time.Minute, 100_000),
 		encrypted:   &roomSet{m: map[id.RoomID]struct{}{}, max: 1_000_000},
 
-		unread: newMemo[unreadKey, *RoomUnread](5*time.Minute, 100_000),
+		unread:       newLatest[UnreadKey, *RoomUnread](5*time.Minute, 100_000),
+		unreadEvents: newMemo[unreadEventsKey, []UnreadEvent](30*time.Second, 10_000),
 	}
 }
 

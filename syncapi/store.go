@@ -76,6 +76,8 @@ type Snapshot interface {
 	JoinedMembers(rooms []id.RoomID) (map[id.RoomID][]id.UserID, error)
 	// Unread is UnreadStore.Unread inside the snapshot.
 	Unread(keys []UnreadKey, to int64) (map[UnreadKey]*RoomUnread, error)
+	// UnreadEvents is UnreadStore.UnreadEvents inside the snapshot.
+	UnreadEvents(roomID id.RoomID, after, to int64, limit int) ([]UnreadEvent, error)
 	// Close ends the transaction.
 	Close()
 }

@@ -2,6 +2,7 @@ package syncapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -14,20 +15,36 @@ import (
 
 // Unread counts: rooms.join.*.unread_notifications and, when the filter
 // asks, unread_thread_notifications. They are counted in storage from the
-// rows push evaluation wrote with each event (one per user whose rules
-// said notify) against the user's read receipts and own events; see
-// storage/notifications.go for what "read" means.
+// outcomes push evaluation wrote with each event (a summary for the room's
+// members and exceptions for those who differ) against the user's read
+// receipts and own events; see storage/notifications.go for what "read"
+// means.
 //
-// Cost. A room's counts for a user change only with a push row or an event
-// of the user in the room (both come with an event: the notifier's room
-// KindEvents) or a receipt of the user (the notifier's user KindReceipts).
-// So a room's counts are the same for every position from
-// max(room's last event, user's last receipt) until the next such change,
-// and are cached under that key: a device woken by typing, or a second
-// read of the same room, costs no query. What a response misses is read
-// in one query, and the requests that miss counts at the same position at
-// the same time (a message wakes every member's devices) share one query
-// for all their users and rooms (unreadBatcher).
+// Cost. A room's counts for a user change only with an event in the room
+// (the notifier's room KindEvents) or a receipt of the user (the
+// notifier's user KindReceipts). So the counts are the same for every
+// position from max(room's last event, user's last receipt) until the
+// next such change: a device woken by typing, or a second read of the same
+// room, reads nothing. The newest counts known per user and room are kept
+// with the position they hold at (cache.unread).
+//
+// When the room had events since and the user no receipt, the counts move
+// only by those events: the user's counts are the cached ones with the
+// room's new events folded in (RoomUnread.Fold), in memory. The new events
+// and their outcomes are read once per (room, cached position, new
+// position) for every user woken (cache.unreadEvents), so a message to a
+// room of 100 users costs one read, not one count query per user. Counts
+// are read in full (UnreadStore.Unread) when nothing is cached, when the
+// user has a receipt after the cached position (the notifier does not say
+// in which room), when more than maxUnreadFold events came since, or when
+// the fold cannot tell (the user's membership is not join after the
+// events). The reads that miss at the same position at the same time (a
+// message wakes every member's devices) share one query for all their
+// users and rooms (unreadBatcher).
+
+// maxUnreadFold bounds the events folded into cached counts: past it, one
+// count query costs less than reading and folding every event.
+const maxUnreadFold = 200
 
 // UnreadStore reads unread counts.
 type UnreadStore interface {
@@ -35,6 +52,38 @@ type UnreadStore interface {
 	// counting push rows at or below to. Every key asked about is in the
 	// result.
 	Unread(ctx context.Context, keys []UnreadKey, to int64) (map[UnreadKey]*RoomUnread, error)
+	// UnreadEvents lists up to limit of the room's events in (after, to],
+	// oldest first, with what each did to its members' counts.
+	UnreadEvents(ctx context.Context, roomID id.RoomID, after, to int64, limit int) ([]UnreadEvent, error)
+}
+
+// UnreadEvent is what one room event can do to the unread counts of the
+// room's local members.
+type UnreadEvent struct {
+	Pos    int64
+	Sender id.UserID
+	// State: a state event. It reads nothing for its sender (a new
+	// display name is not a sign of having read the room).
+	State bool
+	// Member is the user whose membership this member event changed, with
+	// Membership the new one; "" when it is not a member event or the
+	// membership stayed (a profile change). The start of a membership
+	// reads everything before it.
+	Member     id.UserID
+	Membership string
+	// Summary is the outcome for every local member joined at the event
+	// except its sender; nil when it notified none of them.
+	Summary *UnreadOutcome
+	// Exceptions are the members whose outcome is not the summary's.
+	Exceptions map[id.UserID]UnreadOutcome
+}
+
+// UnreadOutcome is what an event did for a member: notified or not, in
+// which thread ("main" or the thread root's event ID), highlighted or not.
+type UnreadOutcome struct {
+	Notify    bool
+	Thread    string
+	Highlight bool
 }
 
 // UnreadKey is one user's counts in one room.
@@ -77,32 +126,119 @@ func (u *RoomUnread) counts() (total, main Unread, threads map[id.EventID]Unread
 	return
 }
 
-// unreadKey names a user's counts in a room, valid from position at (see
-// the cost note above) until the next change.
-type unreadKey struct {
-	user id.UserID
-	room id.RoomID
-	at   int64
+// Fold returns the user's counts after events, given u, their counts at
+// the position just before the first: the events must be every event of
+// the room after that position up to the new one, in stream order, and
+// the user must have had no receipt change in between (a receipt reads
+// by the position of the event it names, which the events do not show).
+// It follows what the full count (storage's unreadSQL) does with each
+// event: the user's own non-state event, or a change of their membership,
+// reads everything up to and including it; otherwise the user's exception
+// decides if there is one, else the summary, which never counts for its
+// sender nor for a user not joined. Changed moves to each reading event
+// and each notification counted. ok is false when the user is not joined
+// after the events (the full count then reads rows the fold cannot know
+// of); u is not modified.
+func (u *RoomUnread) Fold(user id.UserID, events []UnreadEvent) (_ *RoomUnread, ok bool) {
+	out := &RoomUnread{}
+	if u != nil {
+		out.Changed = u.Changed
+		out.Threads = u.Threads // shared until written
+	}
+	owned := false
+	joined := true
+	count := func(o UnreadOutcome, pos int64) {
+		if !owned {
+			out.Threads = maps.Clone(out.Threads)
+			owned = true
+		}
+		if out.Threads == nil {
+			out.Threads = map[string]Unread{}
+		}
+		c := out.Threads[o.Thread]
+		c.NotificationCount++
+		if o.Highlight {
+			c.HighlightCount++
+		}
+		out.Threads[o.Thread] = c
+		out.Changed = max(out.Changed, pos)
+	}
+	for i := range events {
+		ev := &events[i]
+		if ev.Member == user || ev.Sender == user && !ev.State {
+			// Read up to here in every thread, this event's own outcome
+			// included (its position is not above what was read).
+			out.Threads, owned = nil, true
+			out.Changed = max(out.Changed, ev.Pos)
+			if ev.Member == user {
+				joined = ev.Membership == "join"
+			}
+			continue
+		}
+		if o, ok := ev.Exceptions[user]; ok {
+			if o.Notify {
+				count(o, ev.Pos)
+			}
+			continue
+		}
+		if ev.Summary != nil && ev.Sender != user && joined {
+			count(*ev.Summary, ev.Pos)
+		}
+	}
+	if !joined {
+		return nil, false
+	}
+	if len(out.Threads) == 0 {
+		out.Threads = nil
+	}
+	return out, true
 }
 
-// unread returns the user's counts in rooms at the response's position,
-// from the cache or one query for all the rooms it misses.
+// unreadPos is what the notifier knows of a user's counts in a room: the
+// room's last event and the user's last receipt (either at least the
+// notifier's base); the counts are the same at every position from the
+// larger (at) until the next change.
+type unreadPos struct {
+	events, receipts int64
+}
+
+func (p unreadPos) at() int64 { return max(p.events, p.receipts) }
+
+// unreadEventsKey is a room's events in (from, to].
+type unreadEventsKey struct {
+	room     id.RoomID
+	from, to int64
+}
+
+// unread returns the user's counts in rooms at the response's position:
+// cached, folded forward from cached counts, or read in one query for all
+// the rooms left.
 func (r *reader) unread(user id.UserID, rooms []id.RoomID) (map[id.RoomID]*RoomUnread, error) {
 	out := make(map[id.RoomID]*RoomUnread, len(rooms))
 	keys := r.s.n.unreadKeys(user, rooms)
 	var missing []UnreadKey
-	var missingKeys []unreadKey
+	var missingPos []unreadPos
 	for i, rid := range rooms {
-		// A key above the response's position means a change came after
-		// it: the cached counts would be too new, read them at to.
-		if k := keys[i]; k.at <= r.to {
-			if v, ok := r.s.cache.unread.peek(k); ok {
+		k, p := UnreadKey{user, rid}, keys[i]
+		if at, v, ok := r.s.cache.unread.get(k); ok {
+			// Counts cached at or after the last change hold at the
+			// response's position, unless a change came after that
+			// position (the cached counts would be too new).
+			if p.at() <= r.to && at >= p.at() {
 				out[rid] = v
 				continue
 			}
+			folded, done, err := r.foldUnread(k, at, v, p)
+			if err != nil {
+				return nil, err
+			}
+			if done {
+				out[rid] = folded
+				continue
+			}
 		}
-		missing = append(missing, UnreadKey{user, rid})
-		missingKeys = append(missingKeys, keys[i])
+		missing = append(missing, k)
+		missingPos = append(missingPos, p)
 	}
 	if len(missing) == 0 {
 		return out, nil
@@ -127,11 +263,70 @@ func (r *reader) unread(user id.UserID, rooms []id.RoomID) (map[id.RoomID]*RoomU
 			v = &RoomUnread{} // a key a store left out: nothing unread
 		}
 		out[k.Room] = v
-		if ck := missingKeys[i]; ck.at <= r.to {
-			r.s.cache.unread.put(ck, v)
+		// Counts read at to hold from the last change known (at or below
+		// to: every change at or below to was told before the keys were
+		// taken).
+		if at := missingPos[i].at(); at <= r.to {
+			r.s.cache.unread.put(k, at, v)
 		}
 	}
 	return out, nil
+}
+
+// foldUnread moves counts cached at position at forward to the
+// response's position by the room's events since, when the user had no
+// receipt since. ok is false when it cannot: the caller reads the counts.
+func (r *reader) foldUnread(k UnreadKey, at int64, v *RoomUnread, p unreadPos) (_ *RoomUnread, ok bool, err error) {
+	if p.receipts > at || at > r.to {
+		return nil, false, nil
+	}
+	// Events above the response's position wait for the next response;
+	// every event at or below it was told to the notifier, so none is
+	// missed between at and to.
+	to := min(p.events, r.to)
+	if to <= at {
+		return v, true, nil
+	}
+	events, err := r.unreadEvents(k.Room, at, to)
+	if err != nil {
+		if r.ctx.Err() == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			// Another request's load, ended by its own context: ours
+			// still runs, and counts the full way.
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("reading unread counts: %w", err)
+	}
+	if len(events) > maxUnreadFold {
+		return nil, false, nil
+	}
+	folded, ok := v.Fold(k.User, events)
+	if !ok {
+		return nil, false, nil
+	}
+	r.s.cache.unread.put(k, to, folded)
+	return folded, true, nil
+}
+
+// unreadEvents reads the room's events in (from, to] once for every
+// request woken, as the other position-keyed reads do.
+func (r *reader) unreadEvents(roomID id.RoomID, from, to int64) ([]UnreadEvent, error) {
+	k := unreadEventsKey{roomID, from, to}
+	if r.snap != nil {
+		// Holding a pooled connection: never wait on another request's
+		// load (see unread); read in our own snapshot.
+		if v, ok := r.s.cache.unreadEvents.peek(k); ok {
+			return v, nil
+		}
+		v, err := r.snap.UnreadEvents(roomID, from, to, maxUnreadFold+1)
+		if err != nil {
+			return nil, err
+		}
+		r.s.cache.unreadEvents.put(k, v)
+		return v, nil
+	}
+	return r.s.cache.unreadEvents.get(k, func() ([]UnreadEvent, error) {
+		return r.s.store.UnreadEvents(r.ctx, roomID, from, to, maxUnreadFold+1)
+	})
 }
 
 // unreadBatcher joins the unread loads of concurrent requests at the same
@@ -240,18 +435,18 @@ func (b *unreadBatch) holds(keys []UnreadKey) bool {
 	return true
 }
 
-// unreadKeys computes the cache keys of the user's counts in rooms, under
-// one lock.
-func (n *Notifier) unreadKeys(user id.UserID, rooms []id.RoomID) []unreadKey {
+// unreadKeys is what the notifier knows of the user's counts in rooms,
+// under one lock.
+func (n *Notifier) unreadKeys(user id.UserID, rooms []id.RoomID) []unreadPos {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	receipts := n.base
 	if uk := n.userKinds[user]; uk != nil {
 		receipts = max(receipts, uk[kindIndex(KindReceipts)])
 	}
-	out := make([]unreadKey, len(rooms))
+	out := make([]unreadPos, len(rooms))
 	for i, rid := range rooms {
-		out[i] = unreadKey{user: user, room: rid, at: max(n.roomEvents[rid], receipts)}
+		out[i] = unreadPos{events: max(n.roomEvents[rid], n.base), receipts: receipts}
 	}
 	return out
 }
