@@ -474,7 +474,7 @@ func (r *reader) keyChanges(since, to int64) ([]id.UserID, error) {
 	if users, ok := r.s.n.keyChangesIn(since, to); ok {
 		return users, nil
 	}
-	return r.s.cache.keyChanges.get([2]int64{since, to}, func() ([]id.UserID, error) {
+	return shared(r, r.s.cache.keyChanges, [2]int64{since, to}, func() ([]id.UserID, error) {
 		db, err := r.db()
 		if err != nil {
 			return nil, err
@@ -537,7 +537,7 @@ func isSharingEvent(e *room.Event) bool {
 // prevMembership is the membership of a member event's user just before
 // it ("" if none): what tells a join from a profile change.
 func (r *reader) prevMembership(e *room.Event) (string, error) {
-	return r.s.cache.prevMember.get(e.ID, func() (string, error) {
+	return shared(r, r.s.cache.prevMember, e.ID, func() (string, error) {
 		_, m, err := r.SnapshotVisibility(e.StateBefore, id.UserID(*e.PDU.StateKey))
 		if err != nil {
 			return "", fmt.Errorf("reading the membership before %s: %w", e.ID, err)

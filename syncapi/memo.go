@@ -30,6 +30,13 @@ func newMemo[K comparable, V any](ttl time.Duration, max int) *memo[K, V] {
 
 // get returns the value for k, loading it with load on a miss.
 func (c *memo[K, V]) get(k K, load func() (V, error)) (V, error) {
+	return c.getOrLoad(k, false, load)
+}
+
+// getOrLoad is get, except that with noWait, when another caller is
+// loading k, it does not wait for that load but loads for itself (and
+// keeps the result to itself): see shared.
+func (c *memo[K, V]) getOrLoad(k K, noWait bool, load func() (V, error)) (V, error) {
 	now := time.Now()
 	c.mu.Lock()
 	e, ok := c.m[k]
@@ -56,6 +63,13 @@ func (c *memo[K, V]) get(k K, load func() (V, error)) (V, error) {
 		return e.v, e.err
 	}
 	c.mu.Unlock()
+	if noWait {
+		select {
+		case <-e.done:
+		default:
+			return load()
+		}
+	}
 	<-e.done
 	return e.v, e.err
 }

@@ -150,6 +150,40 @@ func TestMemoLoadsOnce(t *testing.T) {
 	}
 }
 
+// TestMemoNoWaitLoadsForItself: a caller that must not wait (it holds a
+// pooled connection) does not block on another caller's load in progress;
+// it loads for itself, and the first load's result is what is kept.
+func TestMemoNoWaitLoadsForItself(t *testing.T) {
+	m := newMemo[string, int](time.Minute, 10)
+	started, release := make(chan struct{}), make(chan struct{})
+	done := make(chan int)
+	go func() {
+		v, _ := m.get("k", func() (int, error) { close(started); <-release; return 1, nil })
+		done <- v
+	}()
+	<-started
+	got := make(chan int)
+	go func() {
+		v, _ := m.getOrLoad("k", true, func() (int, error) { return 2, nil })
+		got <- v
+	}()
+	select {
+	case v := <-got:
+		if v != 2 {
+			t.Fatalf("the caller that may not wait got %d, want its own load's 2", v)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a caller that may not wait waited for another's load")
+	}
+	close(release)
+	if v := <-done; v != 1 {
+		t.Fatalf("the loader got %d", v)
+	}
+	if v, _ := m.getOrLoad("k", true, func() (int, error) { return 3, nil }); v != 1 {
+		t.Fatalf("after the load, got %d, want the kept 1", v)
+	}
+}
+
 var errTest = &testError{}
 
 type testError struct{}

@@ -146,6 +146,15 @@ func (r *reader) prefetchReceipts(user id.UserID, rooms []id.RoomID, since, to i
 	return nil
 }
 
+// shared reads k through the memo c, shared by every request. A request
+// that holds its snapshot (a pooled connection) never waits for another
+// request's load of the same key: that load may be waiting for a
+// connection, and enough requests waiting so would empty the pool for
+// good. It reads in its own snapshot instead (the same read twice, rarely).
+func shared[K comparable, V any](r *reader, c *memo[K, V], k K, load func() (V, error)) (V, error) {
+	return c.getOrLoad(k, r.snap != nil, load)
+}
+
 func (r *reader) db() (Snapshot, error) {
 	if r.snap == nil {
 		snap, err := r.s.store.Snapshot(r.ctx)
@@ -176,7 +185,7 @@ func (r *reader) MemberEvents(user id.UserID, at int64) ([]*room.Event, error) {
 		}
 		return db.MemberEvents(user, at)
 	}
-	return r.s.cache.members.get(memberKey{user, last}, func() ([]*room.Event, error) {
+	return shared(r, r.s.cache.members, memberKey{user, last}, func() ([]*room.Event, error) {
 		db, err := r.db()
 		if err != nil {
 			return nil, err
@@ -199,7 +208,7 @@ func (r *reader) Timeline(roomID id.RoomID, from, to int64, limit int) ([]*room.
 	if !r.s.n.roomChangedAfter(roomID, KindEvents, from) {
 		return nil, nil
 	}
-	return r.s.cache.timelines.get(timelineKey{Room: roomID, From: from, To: to, Limit: limit}, func() ([]*room.Event, error) {
+	return shared(r, r.s.cache.timelines, timelineKey{Room: roomID, From: from, To: to, Limit: limit}, func() ([]*room.Event, error) {
 		db, err := r.db()
 		if err != nil {
 			return nil, err
@@ -209,7 +218,7 @@ func (r *reader) Timeline(roomID id.RoomID, from, to int64, limit int) ([]*room.
 }
 
 func (r *reader) stateIDs(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.EventID, error) {
-	return r.s.cache.state.get(stateKey{roomID, pos}, func() (map[pdu.StateKey]id.EventID, error) {
+	return shared(r, r.s.cache.state, stateKey{roomID, pos}, func() (map[pdu.StateKey]id.EventID, error) {
 		db, err := r.db()
 		if err != nil {
 			return nil, err
