@@ -193,19 +193,27 @@ func (s *server) park(w http.ResponseWriter, r *http.Request, p *syncapi.Pending
 	ln := s.opts.Listener
 	ln.parked.Add(1)
 	p.Then(func(resp *syncapi.Response, err error) {
-		status, n, werr := s.writeParked(conn, pr, resp, err)
+		// This runs on a sync worker: encode here, and leave what can
+		// block on the client (writing, waiting for its next request) to
+		// a goroutine of its own, whose stack stays shallow.
+		out, status, n := s.renderParked(pr, resp, err)
 		d.complete(status, n)
-		// Answered: shutdown waits for no client's next request.
-		ln.parked.Done()
-		if werr != nil || !pr.keepAlive || !ln.trackIdle(conn) {
-			_ = conn.Close()
-			return
-		}
-		c := awaitNextRequest(conn)
-		ln.untrackIdle(conn)
-		if c == nil || !ln.handBack(c) {
-			_ = conn.Close()
-		}
+		go func() {
+			_ = conn.SetWriteDeadline(time.Now().Add(parkedWriteTimeout))
+			_, werr := conn.Write(out)
+			_ = conn.SetWriteDeadline(time.Time{})
+			// Answered: shutdown waits for no client's next request.
+			ln.parked.Done()
+			if werr != nil || !pr.keepAlive || !ln.trackIdle(conn) {
+				_ = conn.Close()
+				return
+			}
+			c := awaitNextRequest(conn)
+			ln.untrackIdle(conn)
+			if c == nil || !ln.handBack(c) {
+				_ = conn.Close()
+			}
+		}()
 	})
 	return true
 }
@@ -239,9 +247,9 @@ type parkedRequest struct {
 	keepAlive        bool
 }
 
-// writeParked writes one HTTP/1.1 response on a parked connection, with
-// the headers the middleware gives every response.
-func (s *server) writeParked(conn net.Conn, pr parkedRequest, resp *syncapi.Response, err error) (int, int64, error) {
+// renderParked encodes the HTTP/1.1 response of a parked request, with the
+// headers the middleware gives every response.
+func (s *server) renderParked(pr parkedRequest, resp *syncapi.Response, err error) (out []byte, status int, bodyLen int64) {
 	rec := &bufferedResponse{header: http.Header{}}
 	h := rec.header
 	setCORS(h)
@@ -257,15 +265,13 @@ func (s *server) writeParked(conn net.Conn, pr parkedRequest, resp *syncapi.Resp
 	if !pr.keepAlive {
 		h.Set("Connection", "close")
 	}
-	var out bytes.Buffer
-	fmt.Fprintf(&out, "HTTP/1.1 %d %s\r\n", rec.status, http.StatusText(rec.status))
-	_ = h.Write(&out)
-	out.WriteString("\r\n")
-	out.Write(rec.body.Bytes())
-	_ = conn.SetWriteDeadline(time.Now().Add(parkedWriteTimeout))
-	_, werr := conn.Write(out.Bytes())
-	_ = conn.SetWriteDeadline(time.Time{})
-	return rec.status, int64(rec.body.Len()), werr
+	var b bytes.Buffer
+	b.Grow(rec.body.Len() + 512)
+	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", rec.status, http.StatusText(rec.status))
+	_ = h.Write(&b)
+	b.WriteString("\r\n")
+	b.Write(rec.body.Bytes())
+	return b.Bytes(), rec.status, int64(rec.body.Len())
 }
 
 // bufferedResponse collects a response in memory.

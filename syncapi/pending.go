@@ -96,7 +96,7 @@ func (p *Pending) signal() {
 	p.running = p.running || run
 	p.mu.Unlock()
 	if run {
-		go p.step()
+		p.s.workers.run(p.step)
 	}
 }
 
@@ -166,7 +166,7 @@ func (p *Pending) Then(done func(*Response, error)) {
 	p.running = run
 	p.mu.Unlock()
 	if run {
-		go p.step()
+		p.s.workers.run(p.step)
 	}
 }
 

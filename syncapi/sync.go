@@ -60,6 +60,7 @@ type Service struct {
 	active *activity
 	// unreadBatches joins concurrent unread count loads (unread.go).
 	unreadBatches *unreadBatcher
+	workers       *workers
 	// acks and toDeviceDropped: todevice.go.
 	acks            toDeviceAcks
 	toDeviceDropped atomic.Uint64
@@ -71,7 +72,8 @@ func New(cfg Config, store Store, rooms *room.Service, n *Notifier, log *slog.Lo
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Service{cfg: cfg, store: store, rooms: rooms, n: n, typing: newTyping(n), log: log, now: time.Now, stopping: make(chan struct{}), cache: newCaches(),
-		acks: toDeviceAcks{upTo: map[deviceKey]int64{}}, active: newActivity(time.Now), unreadBatches: newUnreadBatcher()}
+		acks: toDeviceAcks{upTo: map[deviceKey]int64{}}, active: newActivity(time.Now), unreadBatches: newUnreadBatcher(),
+		workers: newWorkers(defaultWorkers())}
 }
 
 // Stop answers every waiting and future long-poll at once (shutdown).
