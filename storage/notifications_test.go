@@ -2,8 +2,6 @@ package storage_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -19,7 +17,6 @@ import (
 	"github.com/weftchat/weft/push"
 	"github.com/weftchat/weft/room"
 	"github.com/weftchat/weft/storage"
-	"github.com/weftchat/weft/storage/pgtest"
 	"github.com/weftchat/weft/syncapi"
 )
 
@@ -45,24 +42,8 @@ func (noNotifProfiles) MemberProfile(context.Context, id.UserID) (string, string
 
 func newNotifStore(t *testing.T) *notifStore {
 	t.Helper()
-	ctx := context.Background()
-	url := pgtest.NewDatabase(t)
-	db, err := storage.Open(ctx, url, storage.Options{MaxConns: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rooms := room.New(room.Config{Signer: room.Signer{ServerName: notifServer, KeyID: "ed25519:t", Key: priv}}, db.Rooms(), noNotifProfiles{}, nil)
-	return &notifStore{t: t, ctx: ctx, db: db, sync: db.Sync(), conn: conn, rooms: rooms}
+	db, conn, rooms := newRoomDB(t, notifServer, noNotifProfiles{})
+	return &notifStore{t: t, ctx: context.Background(), db: db, sync: db.Sync(), conn: conn, rooms: rooms}
 }
 
 func notifUser(localpart string) id.UserID { return id.NewUserID(localpart, notifServer) }

@@ -2,8 +2,6 @@ package storage_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,7 +21,6 @@ import (
 	"github.com/weftchat/weft/push"
 	"github.com/weftchat/weft/room"
 	"github.com/weftchat/weft/storage"
-	"github.com/weftchat/weft/storage/pgtest"
 )
 
 const pusherServer = "push.example"
@@ -51,28 +48,13 @@ func (pusherProfiles) MemberProfile(_ context.Context, u id.UserID) (string, str
 func newPusherFixture(t *testing.T, users ...string) *pusherFixture {
 	t.Helper()
 	ctx := context.Background()
-	url := pgtest.NewDatabase(t)
-	db, err := storage.Open(ctx, url, storage.Options{MaxConns: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Close)
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, conn, rooms := newRoomDB(t, pusherServer, pusherProfiles{})
 	for _, lp := range users {
 		sess := &account.NewSession{DeviceID: "D1", AccessTokenHash: []byte("token of " + lp)}
 		if err := db.Accounts().CreateUser(ctx, account.User{UserID: pusherUser(lp), Localpart: lp}, "", sess, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
-	rooms := room.New(room.Config{Signer: room.Signer{ServerName: pusherServer, KeyID: "ed25519:t", Key: priv}}, db.Rooms(), pusherProfiles{}, nil)
 	return &pusherFixture{t: t, ctx: ctx, db: db, ps: db.Pushers(), conn: conn, rooms: rooms}
 }
 
