@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix/federation/pdu"
@@ -100,6 +101,10 @@ type roomMembers struct {
 type memberSet struct {
 	head    id.EventID
 	members map[id.UserID]string // joined: display name ("" if none)
+	// warmed is set once the members' compiled rules were loaded; member
+	// sets with the same members share it, so warmPush runs once per
+	// change of members, not once per send.
+	warmed *atomic.Bool
 }
 
 const maxCachedMemberSets = 10_000
@@ -133,7 +138,7 @@ func (s *Service) members(tx Tx) (*memberSet, error) {
 		return nil, err
 	}
 	if len(prev) == 0 {
-		return &memberSet{members: map[id.UserID]string{}}, nil // a new room
+		return &memberSet{members: map[id.UserID]string{}, warmed: new(atomic.Bool)}, nil // a new room
 	}
 	if len(prev) == 1 {
 		if ms := s.memberCache.get(tx.RoomID()); ms != nil && ms.head == prev[0] {
@@ -152,7 +157,7 @@ func (s *Service) members(tx Tx) (*memberSet, error) {
 	if len(prev) == 1 {
 		head = prev[0]
 	}
-	return &memberSet{head: head, members: members}, nil
+	return &memberSet{head: head, members: members, warmed: new(atomic.Bool)}, nil
 }
 
 // warmPush loads, before a job, the compiled rules of the room's members
@@ -162,7 +167,7 @@ func (s *Service) warmPush(ctx context.Context, roomID id.RoomID) {
 		return
 	}
 	ms := s.memberCache.get(roomID)
-	if ms == nil {
+	if ms == nil || ms.warmed.Load() {
 		return
 	}
 	users := make([]id.UserID, 0, len(ms.members))
@@ -173,7 +178,9 @@ func (s *Service) warmPush(ctx context.Context, roomID id.RoomID) {
 	}
 	if err := s.push.Warm(ctx, users); err != nil {
 		s.log.Warn("loading push rules before sending", "room", roomID, "err", err)
+		return
 	}
+	ms.warmed.Store(true)
 }
 
 func (s *Service) isLocal(u id.UserID) bool {
@@ -215,9 +222,9 @@ func (s *Service) pushFor(tx Tx, p *pdu.PDU, eventID id.EventID) (*PushOutcome, 
 			return nil, nil, err
 		}
 	}
-	next := &memberSet{head: eventID, members: ms.members}
+	next := &memberSet{head: eventID, members: ms.members, warmed: ms.warmed}
 	if isMember {
-		next.members = maps.Clone(ms.members)
+		next.members, next.warmed = maps.Clone(ms.members), new(atomic.Bool)
 		if membership == "join" {
 			next.members[id.UserID(*p.StateKey)] = gjson.GetBytes(p.Content, "displayname").Str
 		} else {
