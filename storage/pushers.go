@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/jackc/pgx/v5"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/push"
+	"github.com/weftchat/weft/syncapi"
 )
 
 // Pushers stores HTTP pushers and reads what their delivery needs: the
@@ -209,47 +211,33 @@ func (s *Pushers) PushEvent(ctx context.Context, eventID id.EventID) (push.PushE
 	return ev, true, nil
 }
 
-// unreadCountsSQL counts the user's unread notifications over the rooms
+// UnreadCount is the user's number of unread notifications over the rooms
 // they are joined to (push gateway counts: "across all of the rooms they
-// are a member of"). A notification is read when the user's m.read or
-// m.read.private receipt, unthreaded or of its thread, is at or after its
-// event, or the user sent an event (not a state event) or joined after it
-// in the room (the rule /sync's counts follow, storage/notifications.go).
-// Per room, the unthreaded receipts, the user's own newest event and the
-// start of their membership give a floor, and only the
-// notifications above it are read, each against its thread's receipts.
-// The count per room is a LATERAL aggregate, which the planner cannot fold
-// into the outer query: it stays a key range of the room's summary rows
-// instead of a join against every room's.
-const unreadCountsSQL = `
-WITH rd AS MATERIALIZED (
-	SELECT r.room_id, r.thread_id, max(e.stream_pos) AS upto
-	FROM receipts r JOIN events e ON e.event_id = r.event_id
-	WHERE r.user_id = $1 AND r.receipt_type IN ('m.read', 'm.read.private')
-	GROUP BY r.room_id, r.thread_id
-), floors AS MATERIALIZED (
-	SELECT j.room_id, GREATEST(
-		(SELECT rd.upto FROM rd WHERE rd.room_id = j.room_id AND rd.thread_id = ''),
-		(SELECT o.stream_pos FROM events o WHERE o.room_id = j.room_id AND o.sender = $1 AND o.state_key IS NULL
-			ORDER BY o.stream_pos DESC LIMIT 1),
-		j.member_since,
-		0) AS pos
-	FROM current_state j
-	WHERE j.type = 'm.room.member' AND j.state_key = $1 AND j.membership = 'join'
-)
-SELECT COALESCE(sum(c.n), 0)::bigint
-FROM floors f
-CROSS JOIN LATERAL (
-	SELECT count(*) AS n FROM event_push_actions a
-	LEFT JOIN rd t ON t.room_id = a.room_id AND t.thread_id = a.thread_id
-	WHERE a.user_id = $1 AND a.room_id = f.room_id AND a.stream_pos > f.pos
-	AND a.stream_pos > COALESCE(t.upto, 0)) c`
-
-// UnreadCount is the user's number of unread notifications.
+// are a member of"), by the same reading rule as /sync's counts (unread,
+// storage/notifications.go).
 func (s *Pushers) UnreadCount(ctx context.Context, user id.UserID) (int, error) {
-	var n int
-	if err := s.db.pool.QueryRow(ctx, unreadCountsSQL, user).Scan(&n); err != nil {
+	rows, err := s.db.pool.Query(ctx, `SELECT room_id FROM current_state
+		WHERE type = 'm.room.member' AND state_key = $1 AND membership = 'join'`, user)
+	if err != nil {
+		return 0, fmt.Errorf("listing the joined rooms of %s: %w", user, err)
+	}
+	rooms, err := pgx.CollectRows(rows, pgx.RowTo[id.RoomID])
+	if err != nil {
+		return 0, fmt.Errorf("listing the joined rooms of %s: %w", user, err)
+	}
+	keys := make([]syncapi.UnreadKey, len(rooms))
+	for i, r := range rooms {
+		keys[i] = syncapi.UnreadKey{User: user, Room: r}
+	}
+	counts, err := unread(ctx, s.db.pool, keys, math.MaxInt64)
+	if err != nil {
 		return 0, fmt.Errorf("counting unread notifications of %s: %w", user, err)
+	}
+	n := 0
+	for _, c := range counts {
+		for _, t := range c.Threads {
+			n += t.NotificationCount
+		}
 	}
 	return n, nil
 }
