@@ -23,7 +23,7 @@ import (
 
 // Unread counts in /sync, m.push_rules in /sync and GET /notifications
 // through the real router on real Postgres. Push evaluation is not wired
-// here: the tests write the event_push_actions rows it would write
+// here: the tests write the per-user notification rows (event_push_exceptions) it would write
 // directly, after the event and before any read of the counts.
 
 // notifStack is the server with its sync service and a pool on its
@@ -52,7 +52,7 @@ func (s *notifStack) notify(t *testing.T, user id.UserID, eid id.EventID, thread
 	if thread == "" {
 		thread = "main"
 	}
-	tag, err := s.pool.Exec(context.Background(), `INSERT INTO event_push_actions (user_id, room_id, stream_pos, event_id, thread_id, highlight, actions, ts)
+	tag, err := s.pool.Exec(context.Background(), `INSERT INTO event_push_exceptions (user_id, room_id, stream_pos, event_id, thread_id, highlight, actions, ts)
 		SELECT $1, room_id, stream_pos, event_id, $3, $4, $5, origin_server_ts FROM events WHERE event_id = $2`,
 		user, eid, thread, highlight, actions)
 	if err != nil || tag.RowsAffected() != 1 {

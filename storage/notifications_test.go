@@ -23,7 +23,7 @@ import (
 const notifServer = "notif.example"
 
 // notifStore is a database with rooms written through the room domain
-// (without push evaluation) and event_push_actions rows written directly.
+// (without push evaluation) and per-user notification rows (event_push_exceptions) written directly.
 type notifStore struct {
 	t     *testing.T
 	ctx   context.Context
@@ -99,7 +99,7 @@ func (s *notifStore) notify(user id.UserID, eid id.EventID, thread string, highl
 	if thread == "" {
 		thread = room.MainThread
 	}
-	_, err := s.conn.Exec(s.ctx, `INSERT INTO event_push_actions (user_id, room_id, stream_pos, event_id, thread_id, highlight, actions, ts)
+	_, err := s.conn.Exec(s.ctx, `INSERT INTO event_push_exceptions (user_id, room_id, stream_pos, event_id, thread_id, highlight, actions, ts)
 		SELECT $1, room_id, stream_pos, event_id, $3, $4, $5, origin_server_ts FROM events WHERE event_id = $2`,
 		user, eid, thread, highlight, actions)
 	if err != nil {

@@ -27,7 +27,7 @@ const pusherServer = "push.example"
 
 // pusherFixture is a database with users (each with device "D1"), rooms
 // written through the room domain without push evaluation, and
-// event_push_actions rows and receipts written directly.
+// per-user notification rows (event_push_exceptions) and receipts written directly.
 type pusherFixture struct {
 	t     *testing.T
 	ctx   context.Context
@@ -108,7 +108,7 @@ func (f *pusherFixture) notify(user id.UserID, eid id.EventID, thread string, ac
 	if thread == "" {
 		thread = "main"
 	}
-	_, err := f.conn.Exec(f.ctx, `INSERT INTO event_push_actions (user_id, room_id, stream_pos, event_id, thread_id, highlight, actions, ts)
+	_, err := f.conn.Exec(f.ctx, `INSERT INTO event_push_exceptions (user_id, room_id, stream_pos, event_id, thread_id, highlight, actions, ts)
 		SELECT $1, room_id, stream_pos, event_id, $3, $4, $5, origin_server_ts FROM events WHERE event_id = $2`,
 		user, eid, thread, actions == highlightActions, actions)
 	if err != nil {

@@ -90,18 +90,18 @@ func TestPushRulesWrite(t *testing.T) {
 		status  int
 		errcode string
 	}{
-		{"delete a server-default rule", doJSON(t, "DELETE", rule("override", ".m.rule.master"), cli.AccessToken, nil), http.StatusBadRequest, ""},
+		{"delete a server-default rule", doJSON(t, "DELETE", rule("override", ".m.rule.master"), cli.AccessToken, nil), http.StatusBadRequest, "M_UNKNOWN"},
 		{"delete an unknown rule", doJSON(t, "DELETE", rule("content", "nope"), cli.AccessToken, nil), http.StatusNotFound, "M_NOT_FOUND"},
 		{"before an unknown rule", put(rule("content", "x")+"?before=nope", map[string]any{"pattern": "x", "actions": []any{"notify"}}), http.StatusBadRequest, "M_UNKNOWN"},
-		{"content rule without pattern", put(rule("content", "x"), map[string]any{"actions": []any{"notify"}}), http.StatusBadRequest, ""},
-		{"rule without actions", put(rule("override", "x"), map[string]any{"conditions": []any{}}), http.StatusBadRequest, ""},
+		{"content rule without pattern", put(rule("content", "x"), map[string]any{"actions": []any{"notify"}}), http.StatusBadRequest, "M_BAD_JSON"},
+		{"rule without actions", put(rule("override", "x"), map[string]any{"conditions": []any{}}), http.StatusBadRequest, "M_BAD_JSON"},
 		{"enabled of an unknown rule", put(rule("override", "nope", "enabled"), map[string]any{"enabled": true}), http.StatusNotFound, "M_NOT_FOUND"},
 		{"actions of an unknown rule", put(rule("override", "nope", "actions"), map[string]any{"actions": []any{}}), http.StatusNotFound, "M_NOT_FOUND"},
 		{"unknown kind", put(rule("everything", "x"), map[string]any{"actions": []any{}}), http.StatusBadRequest, "M_INVALID_PARAM"},
 		{"enabled missing", put(rule("override", ".m.rule.master", "enabled"), map[string]any{}), http.StatusBadRequest, "M_BAD_JSON"},
 		{"not JSON", doJSON(t, "PUT", rule("override", "x"), cli.AccessToken, "{"), http.StatusBadRequest, "M_NOT_JSON"},
 	} {
-		if c.r.Status != c.status || (c.errcode != "" && c.r.Body["errcode"] != c.errcode) {
+		if c.r.Status != c.status || c.r.Body["errcode"] != c.errcode {
 			t.Errorf("%s: %d %s, want %d %s", c.what, c.r.Status, c.r.Raw, c.status, c.errcode)
 		}
 		if c.r.Status >= 400 {

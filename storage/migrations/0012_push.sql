@@ -72,17 +72,6 @@ CREATE VIEW event_push_actions AS
     SELECT user_id, room_id, stream_pos, event_id, thread_id, highlight, actions, ts
     FROM event_push_exceptions WHERE notify;
 
--- A notification written through the view for one user is an exception
--- that notifies (tests write notifications this way).
-CREATE FUNCTION event_push_actions_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO event_push_exceptions (user_id, room_id, stream_pos, event_id, thread_id, highlight, actions, ts)
-    VALUES (NEW.user_id, NEW.room_id, NEW.stream_pos, NEW.event_id, coalesce(NEW.thread_id, 'main'), NEW.highlight, NEW.actions, NEW.ts);
-    RETURN NEW;
-END $$;
-CREATE TRIGGER event_push_actions_insert INSTEAD OF INSERT ON event_push_actions
-    FOR EACH ROW EXECUTE FUNCTION event_push_actions_insert();
-
 -- A user's own events (not state: a profile change reads nothing) mark
 -- what came before them as read (spec, "Marking notifications as read"):
 -- the newest own event per room is found here.
