@@ -97,7 +97,13 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 
 // writeJSON writes v as the JSON response body.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	body, err := json.Marshal(v)
+	var body []byte
+	var err error
+	if a, ok := v.(jsonAppender); ok {
+		body = a.AppendJSON(nil)
+	} else {
+		body, err = json.Marshal(v)
+	}
 	if err != nil {
 		status = http.StatusInternalServerError
 		body = []byte(`{"errcode":"M_UNKNOWN","error":"Internal server error"}`)
@@ -105,6 +111,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
+}
+
+// jsonAppender is a body that encodes itself without encoding/json's
+// validation of what it writes (a /sync response: syncapi/encode.go).
+type jsonAppender interface {
+	AppendJSON(dst []byte) []byte
 }
 
 // hasNULText reports whether err is PostgreSQL refusing a U+0000 in a text

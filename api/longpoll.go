@@ -2,9 +2,9 @@ package api
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -232,14 +232,22 @@ func awaitNextRequest(conn net.Conn) net.Conn {
 		return conn // a pipelined request is already here
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(parkedIdleTimeout))
-	var b [1]byte
-	n, _ := conn.Read(b[:])
+	// Read what the client sent, usually the whole request, so the HTTP
+	// server parses it without a read of its own.
+	buf := requestBufs.Get().(*[]byte)
+	n, _ := conn.Read(*buf)
 	_ = conn.SetReadDeadline(time.Time{})
-	if n == 0 {
-		return nil
+	var next net.Conn
+	if n > 0 {
+		next = withPrefix(conn, (*buf)[:n])
 	}
-	return withPrefix(conn, b[:n])
+	requestBufs.Put(buf)
+	return next
 }
+
+// requestBufs are awaitNextRequest's read buffers: the size of the HTTP
+// server's own.
+var requestBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
 // parkedRequest is what a parked request keeps of its *http.Request.
 type parkedRequest struct {
@@ -250,29 +258,62 @@ type parkedRequest struct {
 // renderParked encodes the HTTP/1.1 response of a parked request, with the
 // headers the middleware gives every response.
 func (s *server) renderParked(pr parkedRequest, resp *syncapi.Response, err error) (out []byte, status int, bodyLen int64) {
-	rec := &bufferedResponse{header: http.Header{}}
-	h := rec.header
-	setCORS(h)
-	h.Set("X-Request-Id", pr.id)
-	r := (&http.Request{Method: pr.method, URL: &url.URL{Path: pr.path}}).
-		WithContext(context.WithValue(context.Background(), requestIDKey, pr.id))
-	s.respond(rec, r, resp, err)
-	if rec.status == 0 {
-		rec.status = http.StatusOK
+	var body []byte
+	var h http.Header
+	if err == nil {
+		// The common case, without http.Header's map and sorting: a
+		// thousand devices woken by one message each get one of these.
+		status = http.StatusOK
+		body = resp.AppendJSON(make([]byte, 0, 1024))
+	} else {
+		rec := &bufferedResponse{header: http.Header{}}
+		r := (&http.Request{Method: pr.method, URL: &url.URL{Path: pr.path}}).
+			WithContext(context.WithValue(context.Background(), requestIDKey, pr.id))
+		s.respond(rec, r, resp, err)
+		status, body, h = cmp.Or(rec.status, http.StatusOK), rec.body.Bytes(), rec.header
+		for _, k := range []string{"Content-Length", "Date", "Connection", "X-Request-Id"} {
+			h.Del(k)
+		}
+		for k := range corsHeaders {
+			h.Del(k)
+		}
 	}
-	h.Set("Content-Length", strconv.Itoa(rec.body.Len()))
-	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	b := make([]byte, 0, len(body)+512)
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(status)...)
+	b = append(b, "\r\n"...)
+	b = append(b, parkedHeaders...)
+	if h == nil {
+		b = append(b, "Content-Type: application/json\r\n"...)
+	} else {
+		var hb bytes.Buffer
+		_ = h.Write(&hb)
+		b = append(b, hb.Bytes()...)
+	}
+	b = append(b, "X-Request-Id: "...)
+	b = append(b, pr.id...) // ours: hex digits (requestID)
+	b = append(b, "\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	b = append(b, "\r\nDate: "...)
+	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+	b = append(b, "\r\n"...)
 	if !pr.keepAlive {
-		h.Set("Connection", "close")
+		b = append(b, "Connection: close\r\n"...)
 	}
-	var b bytes.Buffer
-	b.Grow(rec.body.Len() + 512)
-	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", rec.status, http.StatusText(rec.status))
-	_ = h.Write(&b)
-	b.WriteString("\r\n")
-	b.Write(rec.body.Bytes())
-	return b.Bytes(), rec.status, int64(rec.body.Len())
+	b = append(b, "\r\n"...)
+	b = append(b, body...)
+	return b, status, int64(len(body))
 }
+
+// parkedHeaders are the CORS headers of every response (setCORS), written
+// once.
+var parkedHeaders = func() []byte {
+	var b bytes.Buffer
+	_ = corsHeaders.Write(&b)
+	return b.Bytes()
+}()
 
 // bufferedResponse collects a response in memory.
 type bufferedResponse struct {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -141,6 +142,22 @@ func TestLongPollParking(t *testing.T) {
 			p.header.Get("Content-Type") != "application/json" {
 			t.Fatalf("poll %d: headers %v", i, p.header)
 		}
+	}
+
+	// A parked answer carries the same headers as one net/http writes
+	// (an initial sync answers at once, without parking).
+	parkedHeader := polls[0].header
+	polls[7].send(t, syncRequest(alice.AccessToken, "", 0))
+	if status, _ := polls[7].read(t, 20*time.Second); status != http.StatusOK {
+		t.Fatalf("initial sync: %d", status)
+	}
+	for _, h := range []http.Header{parkedHeader, polls[7].header} {
+		h.Del("Date")
+		h.Del("X-Request-Id")
+		h.Del("Content-Length")
+	}
+	if !reflect.DeepEqual(parkedHeader, polls[7].header) {
+		t.Fatalf("parked answer's headers %v, unparked %v", parkedHeader, polls[7].header)
 	}
 
 	// Keep-alive: the connections serve further requests, including a

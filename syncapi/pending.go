@@ -75,7 +75,7 @@ func (p *Pending) answer(expired bool) (resp *Response, again bool, err error) {
 	if expired && to == p.seen {
 		resp = &Response{NextBatch: to.String()}
 	} else {
-		resp, err = p.s.read(p.ctx, p.req, p.f, &p.since, to)
+		resp, err = p.s.readShared(p.ctx, p.req, p.f, p.since, to)
 		if err != nil {
 			return nil, false, err
 		}

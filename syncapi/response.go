@@ -21,6 +21,10 @@ type Response struct {
 	// every response (Service.complete), and are not news.
 	DeviceOneTimeKeysCount       map[id.KeyAlgorithm]int `json:"device_one_time_keys_count,omitempty"`
 	DeviceUnusedFallbackKeyTypes FallbackKeyTypes        `json:"device_unused_fallback_key_types"`
+
+	// body, when set, caches the encoding of everything above but the
+	// key counts, for responses shared by a user's devices (encode.go).
+	body *encodedBody
 }
 
 // empty reports whether the response has no news: a long-poll does not

@@ -61,6 +61,8 @@ type Service struct {
 	// unreadBatches joins concurrent unread count loads (unread.go).
 	unreadBatches *unreadBatcher
 	workers       *workers
+	// shared: responses a user's devices share (shared.go).
+	shared sharedResponses
 	// acks and toDeviceDropped: todevice.go.
 	acks            toDeviceAcks
 	toDeviceDropped atomic.Uint64
@@ -73,7 +75,7 @@ func New(cfg Config, store Store, rooms *room.Service, n *Notifier, log *slog.Lo
 	}
 	return &Service{cfg: cfg, store: store, rooms: rooms, n: n, typing: newTyping(n), log: log, now: time.Now, stopping: make(chan struct{}), cache: newCaches(),
 		acks: toDeviceAcks{upTo: map[deviceKey]int64{}}, active: newActivity(time.Now), unreadBatches: newUnreadBatcher(),
-		workers: newWorkers(defaultWorkers())}
+		workers: newWorkers(defaultWorkers()), shared: sharedResponses{m: map[sharedKey]*sharedEntry{}}}
 }
 
 // Stop answers every waiting and future long-poll at once (shutdown).
@@ -262,16 +264,24 @@ func (s *Service) parseFilter(ctx context.Context, req Request) (*filter, error)
 // database comes from one snapshot, opened only if the caches and the
 // notifier cannot answer.
 func (s *Service) read(ctx context.Context, req Request, f *filter, since *Token, to Token) (*Response, error) {
-	resp := &Response{NextBatch: to.String()}
+	resp, _, err := s.readFor(ctx, req, f, since, to)
+	return resp, err
+}
+
+// readFor is read, also reporting whether the response holds something
+// only the requesting device gets (its to-device messages, the
+// transaction IDs of its own sends).
+func (s *Service) readFor(ctx context.Context, req Request, f *filter, since *Token, to Token) (resp *Response, deviceOnly bool, err error) {
+	resp = &Response{NextBatch: to.String()}
 	// Reads fill caches other requests wait on: a client going away must
 	// not fail them, so they do not stop with the request.
 	rd := &reader{s: s, ctx: context.WithoutCancel(ctx), to: to.Pos}
 	defer rd.close()
 	b := &builder{s: s, rd: rd, req: req, f: f, since: since, to: to, resp: resp}
 	if err := b.build(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return resp, nil
+	return resp, b.deviceOnly, nil
 }
 
 // builder assembles one response.
@@ -285,6 +295,9 @@ type builder struct {
 	resp  *Response
 	// accountData is the user's account data changed in the window.
 	accountData []AccountData
+	// deviceOnly: the response holds something for the requesting
+	// device only, so other devices of the user cannot share it.
+	deviceOnly bool
 }
 
 func (b *builder) sincePos() int64 {
@@ -828,6 +841,8 @@ func (b *builder) formatTimeline(evs []*room.Event) ([]json.RawMessage, error) {
 	}
 	var txns map[id.EventID]string
 	if len(own) > 0 && b.req.Device != "" {
+		// Another device of the user gets these without the IDs.
+		b.deviceOnly = true
 		var err error
 		if txns, err = b.rd.TxnIDs(b.req.User, b.req.Device, own); err != nil {
 			return nil, err

@@ -191,6 +191,7 @@ func (b *builder) toDevice() error {
 	if len(msgs) == 0 {
 		return nil
 	}
+	b.deviceOnly = true
 	if len(msgs) > maxToDevicePerSync {
 		msgs = msgs[:maxToDevicePerSync]
 		b.to.Pos = msgs[len(msgs)-1].Pos

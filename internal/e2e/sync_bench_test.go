@@ -204,6 +204,9 @@ func BenchmarkSyncFanout(b *testing.B) {
 	time.Sleep(500 * time.Millisecond) // let every device start its long-poll
 	sender := clients[0]
 	sent := make([]time.Time, n)
+	if f := os.Getenv("WEFT_BENCH_MARK"); f != "" && n > 1 {
+		_ = os.WriteFile(f, []byte(strconv.Itoa(srv.cmd.Process.Pid)), 0o644)
+	}
 	b.ResetTimer()
 	for m := range n {
 		if _, err := sender.SendText(ctx, roomID, "fanout-"+strconv.Itoa(m)); err != nil {
