@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/weftchat/weft/syncapi"
@@ -232,17 +233,62 @@ func awaitNextRequest(conn net.Conn) net.Conn {
 		return conn // a pipelined request is already here
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(parkedIdleTimeout))
-	// Read what the client sent, usually the whole request, so the HTTP
-	// server parses it without a read of its own.
-	buf := requestBufs.Get().(*[]byte)
-	n, _ := conn.Read(*buf)
-	_ = conn.SetReadDeadline(time.Time{})
-	var next net.Conn
-	if n > 0 {
-		next = withPrefix(conn, (*buf)[:n])
+	defer conn.SetReadDeadline(time.Time{})
+	buf, n := readWhenReady(conn)
+	if buf == nil {
+		return nil
 	}
-	requestBufs.Put(buf)
-	return next
+	defer requestBufs.Put(buf)
+	if n <= 0 {
+		return nil
+	}
+	return withPrefix(conn, (*buf)[:n])
+}
+
+// readWhenReady reads what the client sent, usually the whole request, so
+// the HTTP server parses it without a read of its own. It waits for the
+// client without holding a buffer (thousands of clients may be between
+// two requests at once) and returns one from requestBufs with what was
+// read in its first n bytes; nil or n <= 0: the client closed, failed or
+// timed out.
+func readWhenReady(conn net.Conn) (buf *[]byte, n int) {
+	inner := conn
+	if pc, ok := conn.(*prefixedConn); ok {
+		inner = pc.Conn
+	}
+	sc, ok := inner.(syscall.Conn)
+	if !ok {
+		buf = requestBufs.Get().(*[]byte)
+		n, _ = conn.Read((*buf)[:1])
+		return buf, n
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, 0
+	}
+	err = raw.Read(func(fd uintptr) bool {
+		buf = requestBufs.Get().(*[]byte)
+		var rerr error
+		for {
+			n, rerr = syscall.Read(int(fd), *buf)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			// Nothing yet: give the buffer back and wait for the
+			// socket to become readable.
+			requestBufs.Put(buf)
+			buf = nil
+			return false
+		}
+		return true
+	})
+	if err != nil && buf != nil {
+		requestBufs.Put(buf)
+		return nil, 0
+	}
+	return buf, n
 }
 
 // requestBufs are awaitNextRequest's read buffers: the size of the HTTP

@@ -19,7 +19,12 @@ import (
 
 	"github.com/weftchat/weft/api"
 	"github.com/weftchat/weft/internal/config"
+	"github.com/weftchat/weft/internal/memrelease"
 )
+
+// memreleaseInterval is how often the server looks for free heap memory
+// to give back to the system.
+const memreleaseInterval = 30 * time.Second
 
 // serve runs the homeserver until SIGINT or SIGTERM, then shuts down in
 // order: stop accepting, drain in-flight requests (up to the grace period),
@@ -76,6 +81,9 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer stopMedia()
+
+	// Give memory back to the system after bursts (internal/memrelease).
+	go memrelease.New(log).Run(ctx, memreleaseInterval)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector(),
