@@ -1,9 +1,11 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/weftchat/weft/syncapi"
 	"maunium.net/go/mautrix"
 )
 
@@ -124,5 +127,41 @@ func TestRealIP(t *testing.T) {
 		if got != c.want {
 			t.Errorf("remote %s xff %q: client %s, want %s", c.remote, c.xff, got, c.want)
 		}
+	}
+}
+
+// TestRenderParked: a parked answer is a whole HTTP/1.1 response, for
+// answers and errors, reusing its buffer without mixing answers.
+func TestRenderParked(t *testing.T) {
+	s := &server{log: slog.New(slog.DiscardHandler)}
+	pr := parkedRequest{id: "0123456789abcdef", method: "GET", path: "/_matrix/client/v3/sync", keepAlive: true}
+	for i, c := range []struct {
+		resp      *syncapi.Response
+		err       error
+		keepAlive bool
+		status    int
+		body      string
+	}{
+		{&syncapi.Response{NextBatch: "s1_0"}, nil, true, 200, `"next_batch":"s1_0"`},
+		{&syncapi.Response{NextBatch: "s2_0" + strings.Repeat("x", 9000)}, nil, false, 200, `"next_batch":"s2_0xxx`},
+		{nil, mautrix.MInvalidParam.WithMessage("bad token"), true, 400, `"errcode":"M_INVALID_PARAM"`},
+		{&syncapi.Response{NextBatch: "s3_0"}, nil, true, 200, `"next_batch":"s3_0"`},
+	} {
+		pr.keepAlive = c.keepAlive
+		buf, out, status, n := s.renderParked(pr, c.resp, c.err)
+		resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(out)), nil)
+		if err != nil {
+			t.Fatalf("case %d: %v\n%s", i, err, out)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != c.status || status != c.status || int64(len(body)) != n || resp.ContentLength != n ||
+			!strings.Contains(string(body), c.body) || !json.Valid(body) {
+			t.Fatalf("case %d: status %d/%d, %d bytes of %d: %s", i, resp.StatusCode, status, len(body), n, body)
+		}
+		if resp.Header.Get("Content-Type") != "application/json" || resp.Header.Get("X-Request-Id") != pr.id ||
+			resp.Header.Get("Access-Control-Allow-Origin") != "*" || resp.Header.Get("Date") == "" || resp.Close == c.keepAlive {
+			t.Fatalf("case %d: headers %v (close %v)", i, resp.Header, resp.Close)
+		}
+		putAnswerBuf(buf)
 	}
 }

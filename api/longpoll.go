@@ -197,12 +197,13 @@ func (s *server) park(w http.ResponseWriter, r *http.Request, p *syncapi.Pending
 		// This runs on a sync worker: encode here, and leave what can
 		// block on the client (writing, waiting for its next request) to
 		// a goroutine of its own, whose stack stays shallow.
-		out, status, n := s.renderParked(pr, resp, err)
+		buf, out, status, n := s.renderParked(pr, resp, err)
 		d.complete(status, n)
 		go func() {
 			_ = conn.SetWriteDeadline(time.Now().Add(parkedWriteTimeout))
 			_, werr := conn.Write(out)
 			_ = conn.SetWriteDeadline(time.Time{})
+			putAnswerBuf(buf)
 			// Answered: shutdown waits for no client's next request.
 			ln.parked.Done()
 			if werr != nil || !pr.keepAlive || !ln.trackIdle(conn) {
@@ -302,21 +303,27 @@ type parkedRequest struct {
 }
 
 // renderParked encodes the HTTP/1.1 response of a parked request, with the
-// headers the middleware gives every response.
-func (s *server) renderParked(pr parkedRequest, resp *syncapi.Response, err error) (out []byte, status int, bodyLen int64) {
-	var body []byte
+// headers the middleware gives every response, into out, which is in buf
+// (from answerBufs: give it back with putAnswerBuf once out is written).
+func (s *server) renderParked(pr parkedRequest, resp *syncapi.Response, err error) (buf *[]byte, out []byte, status int, bodyLen int64) {
+	buf = answerBufs.Get().(*[]byte)
+	// The body goes after room for the headers, which are written in
+	// front of it once its length is known: one buffer, no copy of the
+	// body.
+	b := (*buf)[:answerHeadroom]
 	var h http.Header
 	if err == nil {
 		// The common case, without http.Header's map and sorting: a
 		// thousand devices woken by one message each get one of these.
 		status = http.StatusOK
-		body = resp.AppendJSON(make([]byte, 0, 1024))
+		b = resp.AppendJSON(b)
 	} else {
 		rec := &bufferedResponse{header: http.Header{}}
 		r := (&http.Request{Method: pr.method, URL: &url.URL{Path: pr.path}}).
 			WithContext(context.WithValue(context.Background(), requestIDKey, pr.id))
 		s.respond(rec, r, resp, err)
-		status, body, h = cmp.Or(rec.status, http.StatusOK), rec.body.Bytes(), rec.header
+		status, h = cmp.Or(rec.status, http.StatusOK), rec.header
+		b = append(b, rec.body.Bytes()...)
 		for _, k := range []string{"Content-Length", "Date", "Connection", "X-Request-Id"} {
 			h.Del(k)
 		}
@@ -324,33 +331,57 @@ func (s *server) renderParked(pr parkedRequest, resp *syncapi.Response, err erro
 			h.Del(k)
 		}
 	}
-	b := make([]byte, 0, len(body)+512)
-	b = append(b, "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, ' ')
-	b = append(b, http.StatusText(status)...)
-	b = append(b, "\r\n"...)
-	b = append(b, parkedHeaders...)
+	*buf = b
+	body := b[answerHeadroom:]
+
+	var hdrArr [answerHeadroom]byte
+	hdr := hdrArr[:0]
+	hdr = append(hdr, "HTTP/1.1 "...)
+	hdr = strconv.AppendInt(hdr, int64(status), 10)
+	hdr = append(hdr, ' ')
+	hdr = append(hdr, http.StatusText(status)...)
+	hdr = append(hdr, "\r\n"...)
+	hdr = append(hdr, parkedHeaders...)
 	if h == nil {
-		b = append(b, "Content-Type: application/json\r\n"...)
+		hdr = append(hdr, "Content-Type: application/json\r\n"...)
 	} else {
 		var hb bytes.Buffer
 		_ = h.Write(&hb)
-		b = append(b, hb.Bytes()...)
+		hdr = append(hdr, hb.Bytes()...)
 	}
-	b = append(b, "X-Request-Id: "...)
-	b = append(b, pr.id...) // ours: hex digits (requestID)
-	b = append(b, "\r\nContent-Length: "...)
-	b = strconv.AppendInt(b, int64(len(body)), 10)
-	b = append(b, "\r\nDate: "...)
-	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
-	b = append(b, "\r\n"...)
+	hdr = append(hdr, "X-Request-Id: "...)
+	hdr = append(hdr, pr.id...) // ours: hex digits (requestID)
+	hdr = append(hdr, "\r\nContent-Length: "...)
+	hdr = strconv.AppendInt(hdr, int64(len(body)), 10)
+	hdr = append(hdr, "\r\nDate: "...)
+	hdr = time.Now().UTC().AppendFormat(hdr, http.TimeFormat)
+	hdr = append(hdr, "\r\n"...)
 	if !pr.keepAlive {
-		b = append(b, "Connection: close\r\n"...)
+		hdr = append(hdr, "Connection: close\r\n"...)
 	}
-	b = append(b, "\r\n"...)
-	b = append(b, body...)
-	return b, status, int64(len(body))
+	hdr = append(hdr, "\r\n"...)
+	if len(hdr) <= answerHeadroom {
+		start := answerHeadroom - len(hdr)
+		copy(b[start:], hdr)
+		return buf, b[start:], status, int64(len(body))
+	}
+	// Headers longer than the room left (an error with many headers).
+	return buf, append(hdr[:len(hdr):len(hdr)], body...), status, int64(len(body))
+}
+
+// answerHeadroom is the room for the headers in front of a parked answer's
+// body: ours take about 400 bytes.
+const answerHeadroom = 1024
+
+// answerBufs hold parked answers while they are written.
+var answerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// putAnswerBuf returns buf to answerBufs, unless a large answer grew it.
+func putAnswerBuf(buf *[]byte) {
+	if cap(*buf) <= 64<<10 {
+		*buf = (*buf)[:0]
+		answerBufs.Put(buf)
+	}
 }
 
 // parkedHeaders are the CORS headers of every response (setCORS), written

@@ -88,6 +88,9 @@ func accessLog(log *slog.Logger) func(http.Handler) http.Handler {
 				if status >= 500 {
 					level = slog.LevelWarn
 				}
+				if !log.Enabled(context.Background(), level) {
+					return // and build no attributes
+				}
 				log.Log(context.Background(), level, "request",
 					"request_id", rid,
 					"method", method,
