@@ -416,7 +416,19 @@ func (b *bufferedResponse) Write(p []byte) (int, error) {
 type prefixedConn struct {
 	net.Conn
 	prefix []byte
+	// remote is the client's address, formatted once: the HTTP server
+	// formats it for every connection it accepts, so for every request
+	// of a connection that parks.
+	remote remoteAddr
 }
+
+// remoteAddr is a net.Addr with its String computed once.
+type remoteAddr struct {
+	net.Addr
+	s string
+}
+
+func (a remoteAddr) String() string { return a.s }
 
 // withPrefix returns conn reading b first. A connection parks again and
 // again: it is wrapped once, never a wrapper in a wrapper.
@@ -426,13 +438,28 @@ func withPrefix(conn net.Conn, b []byte) net.Conn {
 		pc.prefix = append(bytes.Clone(b), pc.prefix...)
 		return pc
 	}
-	return &prefixedConn{Conn: conn, prefix: bytes.Clone(b)}
+	addr := conn.RemoteAddr()
+	pc := &prefixedConn{Conn: conn, prefix: bytes.Clone(b)}
+	if addr != nil {
+		pc.remote = remoteAddr{addr, addr.String()}
+	}
+	return pc
+}
+
+func (c *prefixedConn) RemoteAddr() net.Addr {
+	if c.remote.Addr == nil {
+		return c.Conn.RemoteAddr()
+	}
+	return c.remote
 }
 
 func (c *prefixedConn) Read(p []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(p, c.prefix)
 		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 {
+			c.prefix = nil // let the replayed bytes go while the connection waits
+		}
 		return n, nil
 	}
 	return c.Conn.Read(p)

@@ -34,6 +34,7 @@ type Config struct {
 	Presence func(ctx context.Context, user id.UserID, state string) (end func(), err error)
 	// KeyCounts, when set, gives the device's unclaimed one-time key
 	// counts and its unused fallback key algorithms, for every response.
+	// The map may be put in responses as it is: neither side changes it.
 	KeyCounts func(ctx context.Context, user id.UserID, device id.DeviceID) (counts map[id.KeyAlgorithm]int, unusedFallback []id.KeyAlgorithm, err error)
 	// ServerName tells local users from remote ones (to-device messages
 	// for remote users are dropped until federation); empty: all local.

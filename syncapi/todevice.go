@@ -238,9 +238,14 @@ func (s *Service) complete(ctx context.Context, req Request, resp *Response) err
 	}
 	// signed_curve25519 is always there, 0 included: a client may read a
 	// missing count as no news and never top its keys up.
-	resp.DeviceOneTimeKeysCount = map[id.KeyAlgorithm]int{id.KeyAlgorithmSignedCurve25519: 0}
-	for alg, n := range counts {
-		resp.DeviceOneTimeKeysCount[alg] = n
+	if _, ok := counts[id.KeyAlgorithmSignedCurve25519]; ok {
+		// The hook's map (the key service caches it): only read.
+		resp.DeviceOneTimeKeysCount = counts
+	} else {
+		resp.DeviceOneTimeKeysCount = map[id.KeyAlgorithm]int{id.KeyAlgorithmSignedCurve25519: 0}
+		for alg, n := range counts {
+			resp.DeviceOneTimeKeysCount[alg] = n
+		}
 	}
 	resp.DeviceUnusedFallbackKeyTypes = fallback
 	return nil
