@@ -98,6 +98,12 @@ func TestUserDevicesShareAnswers(t *testing.T) {
 		}
 	}
 
+	// The three woke together at one position with one token: two of
+	// them took the first one's build.
+	if n := st.syncs.SharedAnswers(); n < 1 {
+		t.Fatalf("%d answers shared: every device built its own", n)
+	}
+
 	// Alice's own message from device 0: only device 0 gets its
 	// transaction ID.
 	answers = waitAll(true, func() {

@@ -101,9 +101,13 @@ func (s *Service) readShared(ctx context.Context, req Request, f *filter, since 
 		if e.resp == nil {
 			return s.read(ctx, req, f, &since, to)
 		}
+		s.sharedAnswers.Add(1)
 		return e.resp.copy(), nil
 	}
 }
+
+// SharedAnswers counts the answers taken from another device's build.
+func (s *Service) SharedAnswers() uint64 { return s.sharedAnswers.Load() }
 
 // copy is a response to hand to one device: the device's fields are its
 // own, everything else (and its encoding) is shared and must not change.

@@ -62,8 +62,10 @@ type Service struct {
 	// unreadBatches joins concurrent unread count loads (unread.go).
 	unreadBatches *unreadBatcher
 	workers       *workers
-	// shared: responses a user's devices share (shared.go).
-	shared sharedResponses
+	// shared: responses a user's devices share (shared.go), and how many
+	// answers were taken from another device's build.
+	shared        sharedResponses
+	sharedAnswers atomic.Uint64
 	// acks and toDeviceDropped: todevice.go.
 	acks            toDeviceAcks
 	toDeviceDropped atomic.Uint64

@@ -102,7 +102,9 @@ func serve(parent context.Context, args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), db.Collector(),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "weft_sync_long_polls", Help: "/sync requests waiting for something to happen."},
-			func() float64 { return float64(syncs.Notifier().Waiting()) }))
+			func() float64 { return float64(syncs.Notifier().Waiting()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "weft_sync_shared_answers_total", Help: "/sync answers taken from the response another device of the same user built."},
+			func() float64 { return float64(syncs.SharedAnswers()) }))
 
 	rawLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
