@@ -259,9 +259,14 @@ func readWhenReady(conn net.Conn) (buf *[]byte, n int) {
 	}
 	sc, ok := inner.(syscall.Conn)
 	if !ok {
+		// No access to readiness: wait on a one-byte read, still
+		// without a buffer.
+		var one [1]byte
+		if n, _ = conn.Read(one[:]); n <= 0 {
+			return nil, 0
+		}
 		buf = requestBufs.Get().(*[]byte)
-		n, _ = conn.Read((*buf)[:1])
-		return buf, n
+		return buf, copy(*buf, one[:n])
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
