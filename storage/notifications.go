@@ -38,8 +38,9 @@ import (
 // so leaving read rows out of that maximum changes nothing about "did the
 // counts move after position p", and it spares a walk over every row the
 // user ever had in the room. Per pair the lookups are index scans
-// (receipts' primary key, events_room_sender, the keys of
-// event_push_actions' tables) over the rows above the read position.
+// (receipts' primary key, events_room_sender, the keys of the tables
+// behind the view event_push_actions) over the rows above the read
+// position.
 const unreadSQL = `
 WITH q(user_id, room_id) AS (SELECT DISTINCT u, r FROM unnest($1::text[], $2::text[]) AS x(u, r)),
 rd AS (
@@ -63,12 +64,21 @@ base AS (
 unread AS (
 	SELECT b.user_id, b.room_id, a.thread_id, count(*) AS n, count(*) FILTER (WHERE a.highlight) AS h, max(a.stream_pos) AS newest
 	FROM base b CROSS JOIN LATERAL (
-		-- OFFSET 0 keeps this a per-pair scan with user_id and room_id
-		-- given, which the view needs to read by its keys; flattened, the
-		-- planner may join the whole view (every member's rows) instead.
-		SELECT a.thread_id, a.highlight, a.stream_pos FROM event_push_actions a
-		WHERE a.user_id = b.user_id AND a.room_id = b.room_id AND a.stream_pos <= $3 AND a.stream_pos > coalesce(b.upto, 0)
-		OFFSET 0
+		-- The pair's rows of the view event_push_actions, spelled out so
+		-- that the user's member row is looked up once per pair, not once
+		-- per push row (as the view's join does): per unread event this
+		-- leaves one summary row and one exceptions key probe. Keep it in
+		-- step with the view's definition (migrations/0012_push.sql).
+		SELECT s.thread_id, s.highlight, s.stream_pos
+		FROM current_state m JOIN event_push_summary s ON s.room_id = m.room_id
+			AND s.stream_pos > greatest(m.member_since, coalesce(b.upto, 0)) AND s.stream_pos <= $3 AND s.sender <> m.state_key
+		WHERE m.room_id = b.room_id AND m.type = 'm.room.member' AND m.state_key = b.user_id
+			AND m.membership = 'join' AND m.member_since IS NOT NULL
+			AND NOT EXISTS (SELECT 1 FROM event_push_exceptions x
+				WHERE x.user_id = b.user_id AND x.room_id = b.room_id AND x.stream_pos = s.stream_pos)
+		UNION ALL
+		SELECT x.thread_id, x.highlight, x.stream_pos FROM event_push_exceptions x
+		WHERE x.user_id = b.user_id AND x.room_id = b.room_id AND x.notify AND x.stream_pos <= $3 AND x.stream_pos > coalesce(b.upto, 0)
 	) a
 	LEFT JOIN rd t ON t.user_id = b.user_id AND t.room_id = b.room_id AND t.thread_id = a.thread_id
 	WHERE a.stream_pos > coalesce(t.upto, 0)

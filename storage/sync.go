@@ -87,50 +87,75 @@ func (r *syncReader) Timelines(reqs []syncapi.TimelineReq) (map[syncapi.Timeline
 	return out, rows.Err()
 }
 
-// StateIDs resolves the room's state after every event at or below pos:
-// the snapshot before the newest such event, plus that event if it is
-// state. One statement.
-func (r *syncReader) StateIDs(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.EventID, error) {
+// StateIDs resolves, for each request, the room's state after every event
+// at or below its position: the snapshot before the newest such event,
+// plus that event if it is state. One statement for every request, so that
+// an initial sync reads the state of all its rooms in one round trip.
+func (r *syncReader) StateIDs(reqs []syncapi.StateReq) (map[syncapi.StateReq]map[pdu.StateKey]id.EventID, error) {
+	rooms := make([]string, len(reqs))
+	positions := make([]int64, len(reqs))
+	for i, q := range reqs {
+		rooms[i], positions[i] = string(q.Room), q.Pos
+	}
 	rows, err := r.tx.Query(r.ctx, `
 		WITH RECURSIVE last AS (
-			SELECT event_id, state_before, type, state_key FROM events
-			WHERE room_id = $1 AND stream_pos <= $2 AND NOT rejected ORDER BY stream_pos DESC LIMIT 1
-		), chain(snapshot_id, parent_id, lvl) AS (
-			SELECT s.snapshot_id, s.parent_id, 0 FROM state_snapshots s JOIN last ON s.snapshot_id = last.state_before
+			SELECT q.i, l.event_id, l.state_before, l.type, l.state_key
+			FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS q(room_id, pos, i)
+			CROSS JOIN LATERAL (
+				SELECT event_id, state_before, type, state_key FROM events
+				WHERE room_id = q.room_id AND stream_pos <= q.pos AND NOT rejected ORDER BY stream_pos DESC LIMIT 1
+			) l
+		), chain(i, snapshot_id, parent_id, lvl) AS (
+			SELECT last.i, s.snapshot_id, s.parent_id, 0 FROM state_snapshots s JOIN last ON s.snapshot_id = last.state_before
 			UNION ALL
-			SELECT s.snapshot_id, s.parent_id, c.lvl + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_id = c.parent_id
+			SELECT c.i, s.snapshot_id, s.parent_id, c.lvl + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_id = c.parent_id
 		)
-		SELECT type, state_key, event_id, false FROM (
-			SELECT DISTINCT ON (e.type, e.state_key) e.type, e.state_key, e.event_id
+		SELECT i, type, state_key, event_id, false FROM (
+			SELECT DISTINCT ON (c.i, e.type, e.state_key) c.i, e.type, e.state_key, e.event_id
 			FROM chain c JOIN state_snapshot_entries e USING (snapshot_id)
-			ORDER BY e.type, e.state_key, c.lvl
+			ORDER BY c.i, e.type, e.state_key, c.lvl
 		) s
 		UNION ALL
-		SELECT type, state_key, event_id, true FROM last WHERE state_key IS NOT NULL`, roomID, pos)
+		SELECT i, type, state_key, event_id, true FROM last WHERE state_key IS NOT NULL`, rooms, positions)
 	if err != nil {
 		return nil, fmt.Errorf("resolving state: %w", err)
 	}
 	defer rows.Close()
-	state := map[pdu.StateKey]id.EventID{}
-	var lastKey *pdu.StateKey
-	var lastID id.EventID
+	out := make(map[syncapi.StateReq]map[pdu.StateKey]id.EventID, len(reqs))
+	for _, q := range reqs {
+		out[q] = map[pdu.StateKey]id.EventID{}
+	}
+	type newest struct {
+		k   pdu.StateKey
+		eid id.EventID
+	}
+	var last []newest // per request, indexed by i-1
 	for rows.Next() {
+		var i int64
 		var k pdu.StateKey
 		var eid id.EventID
 		var isLast bool
-		if err := rows.Scan(&k.Type, &k.StateKey, &eid, &isLast); err != nil {
+		if err := rows.Scan(&i, &k.Type, &k.StateKey, &eid, &isLast); err != nil {
 			return nil, err
 		}
 		if isLast {
-			lastKey, lastID = &k, eid
+			if last == nil {
+				last = make([]newest, len(reqs))
+			}
+			last[i-1] = newest{k, eid}
 			continue
 		}
-		state[k] = eid
+		out[reqs[i-1]][k] = eid
 	}
-	if lastKey != nil {
-		state[*lastKey] = lastID // the newest event replaces its key
+	if err := rows.Err(); err != nil {
+		return nil, err
 	}
-	return state, rows.Err()
+	for i, n := range last {
+		if n.eid != "" {
+			out[reqs[i]][n.k] = n.eid // the newest event replaces its key
+		}
+	}
+	return out, nil
 }
 
 func (r *syncReader) TxnIDs(user id.UserID, device id.DeviceID, events []id.EventID) (map[id.EventID]string, error) {

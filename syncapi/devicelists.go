@@ -335,7 +335,7 @@ func (s *roomSet) add(r id.RoomID) {
 // its key is harmless (see the top of this file).
 func (r *reader) roomKey(rid id.RoomID) (k stateKey, cacheable bool) {
 	k = stateKey{rid, r.s.n.roomLastEvent(rid)}
-	return k, k.pos <= r.to
+	return k, k.Pos <= r.to
 }
 
 // encrypted reports which rooms have m.room.encryption in their current

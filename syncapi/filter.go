@@ -136,6 +136,13 @@ func (f *filter) timelineMatch(e *room.Event) bool {
 	return true
 }
 
+// timelineKeepsAll reports that the timeline filter passes every event.
+func (f *filter) timelineKeepsAll() bool {
+	t := f.f.Room.Timeline
+	return t == nil || t.Types == nil && len(t.NotTypes) == 0 && t.Senders == nil && len(t.NotSenders) == 0 &&
+		t.Rooms == nil && len(t.NotRooms) == 0 && t.ContainsURL == nil
+}
+
 func (f *filter) stateFilter(evs []*room.Event) []*room.Event {
 	s := f.f.Room.State
 	if s == nil {

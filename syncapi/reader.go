@@ -48,10 +48,8 @@ type caches struct {
 
 type timelineKey = TimelineReq
 
-type stateKey struct {
-	room id.RoomID
-	pos  int64
-}
+// stateKey keys what is read of a room's state at a stream position.
+type stateKey = StateReq
 
 type memberKey struct {
 	user id.UserID
@@ -91,6 +89,10 @@ type reader struct {
 	snap Snapshot
 	// receipts holds prefetched receipts per window, per room.
 	receipts map[[2]int64]map[id.RoomID][]Receipt
+	// txns are the prefetched transaction IDs of the requesting device's
+	// events among txnsAsked.
+	txns      map[id.EventID]string
+	txnsAsked map[id.EventID]bool
 }
 
 // prefetchTimelines loads, in one query, the timelines among reqs that
@@ -218,13 +220,54 @@ func (r *reader) Timeline(roomID id.RoomID, from, to int64, limit int) ([]*room.
 }
 
 func (r *reader) stateIDs(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.EventID, error) {
-	return shared(r, r.s.cache.state, stateKey{roomID, pos}, func() (map[pdu.StateKey]id.EventID, error) {
+	k := stateKey{roomID, pos}
+	return shared(r, r.s.cache.state, k, func() (map[pdu.StateKey]id.EventID, error) {
 		db, err := r.db()
 		if err != nil {
 			return nil, err
 		}
-		return db.StateIDs(roomID, pos)
+		got, err := db.StateIDs([]StateReq{k})
+		return got[k], err
 	})
+}
+
+// prefetchStates reads, in one query, the states among keys that the
+// cache does not hold, and caches them. It only warms the cache: what a
+// response reads afterwards is the same with or without it.
+func (r *reader) prefetchStates(keys []stateKey) error {
+	var missing []stateKey
+	seen := make(map[stateKey]bool, len(keys))
+	for _, k := range keys {
+		if _, ok := r.s.cache.state.peek(k); !ok && !seen[k] {
+			seen[k] = true
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) < 2 {
+		return nil
+	}
+	db, err := r.db()
+	if err != nil {
+		return err
+	}
+	got, err := db.StateIDs(missing)
+	if err != nil {
+		return err
+	}
+	for _, k := range missing {
+		r.s.cache.state.put(k, got[k])
+	}
+	return nil
+}
+
+// prefetchEvents loads, in one query, the events among ids that the cache
+// does not hold, into the cache.
+func (r *reader) prefetchEvents(ids []id.EventID) error {
+	if len(ids) < 2 {
+		return nil
+	}
+	_, err := r.events(ids)
+	return err
 }
 
 // events loads events by ID through the event cache, in stream order.
@@ -256,13 +299,39 @@ func (r *reader) events(ids []id.EventID) ([]*room.Event, error) {
 	return out, nil
 }
 
-// TxnIDs reads the device's transaction IDs of its own events.
+// TxnIDs reads the device's transaction IDs of its own events; those of
+// prefetched events come from memory.
 func (r *reader) TxnIDs(user id.UserID, device id.DeviceID, events []id.EventID) (map[id.EventID]string, error) {
+	if r.txnsAsked != nil && !slices.ContainsFunc(events, func(e id.EventID) bool { return !r.txnsAsked[e] }) {
+		return r.txns, nil
+	}
 	db, err := r.db()
 	if err != nil {
 		return nil, err
 	}
 	return db.TxnIDs(user, device, events)
+}
+
+// prefetchTxnIDs reads the transaction IDs of the device's events among
+// events, in one query, for TxnIDs to answer from.
+func (r *reader) prefetchTxnIDs(user id.UserID, device id.DeviceID, events []id.EventID) error {
+	if len(events) < 2 {
+		return nil
+	}
+	db, err := r.db()
+	if err != nil {
+		return err
+	}
+	txns, err := db.TxnIDs(user, device, events)
+	if err != nil {
+		return fmt.Errorf("reading transaction IDs: %w", err)
+	}
+	r.txns = txns
+	r.txnsAsked = make(map[id.EventID]bool, len(events))
+	for _, e := range events {
+		r.txnsAsked[e] = true
+	}
+	return nil
 }
 
 // keep applies the lazy-loading member restriction.

@@ -43,9 +43,9 @@ type Snapshot interface {
 	Timeline(roomID id.RoomID, from, to int64, limit int) ([]*room.Event, error)
 	// Timelines is Timeline for many rooms in one query.
 	Timelines(reqs []TimelineReq) (map[TimelineReq][]*room.Event, error)
-	// StateIDs resolves the room's state after every event at or below
-	// pos, as event IDs.
-	StateIDs(roomID id.RoomID, pos int64) (map[pdu.StateKey]id.EventID, error)
+	// StateIDs resolves, for each request, the room's state after every
+	// event at or below its position, as event IDs, in one query.
+	StateIDs(reqs []StateReq) (map[StateReq]map[pdu.StateKey]id.EventID, error)
 	// TxnIDs maps those of the events that the device sent with a
 	// transaction ID to it.
 	TxnIDs(user id.UserID, device id.DeviceID, events []id.EventID) (map[id.EventID]string, error)
@@ -87,6 +87,12 @@ type TimelineReq struct {
 	Room     id.RoomID
 	From, To int64
 	Limit    int
+}
+
+// StateReq asks for a room's state after every event at or below Pos.
+type StateReq struct {
+	Room id.RoomID
+	Pos  int64
 }
 
 // Summary is a room's m.room summary numbers.

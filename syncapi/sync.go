@@ -17,6 +17,7 @@ import (
 
 	"github.com/tidwall/gjson"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/federation/pdu"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weftchat/weft/room"
@@ -330,6 +331,10 @@ func (b *builder) build() error {
 	if err := b.prefetch(now, before); err != nil {
 		return err
 	}
+	plans, err := b.planJoined(now, before)
+	if err != nil {
+		return err
+	}
 	rooms := &Rooms{}
 	// quiet are the joined rooms with nothing to show but perhaps their
 	// unread counts.
@@ -343,7 +348,7 @@ func (b *builder) build() error {
 		case "join":
 			// A room joined within the window is new to this device: it
 			// gets the room as an initial sync would.
-			jr, err := b.joinedRoom(m, b.roomSince(m, before))
+			jr, err := b.joinedRoom(plans[m.RoomID])
 			if err != nil {
 				return fmt.Errorf("room %s: %w", m.RoomID, err)
 			}
@@ -425,8 +430,23 @@ func (r *reader) membershipsBefore(user id.UserID, since *Token, now []*room.Eve
 	return before, nil
 }
 
-// page is how many events a timeline read asks for at once.
+// page is how many events a timeline read asks for at once: at least 50,
+// so that a filtered timeline, or a window's device-list scan
+// (devicelists.go), takes few reads.
 func (b *builder) page() int { return max(b.f.timelineLimit()+1, 50) }
+
+// pageFrom is the page of a timeline read in (from, ...]. A room's whole
+// history (from 0: an initial sync, a room new to the device) read with a
+// filter that keeps every event needs just one more event than the limit
+// (the one that says the timeline is limited), nearly always from its
+// first page: at 50 an initial sync in 100 rooms would read five times the
+// events it sends.
+func (b *builder) pageFrom(from int64) int {
+	if from == 0 && b.f.timelineKeepsAll() {
+		return b.f.timelineLimit() + 1
+	}
+	return b.page()
+}
 
 // roomSince is where a joined room's part of the response starts: the
 // token, or 0 for a room joined within the window (new to the device).
@@ -442,13 +462,12 @@ func (b *builder) roomSince(m *room.Event, before map[id.RoomID]string) int64 {
 func (b *builder) prefetch(members []*room.Event, before map[id.RoomID]string) error {
 	var reqs []TimelineReq
 	windows := map[int64][]id.RoomID{}
-	page := b.page()
 	for _, m := range members {
 		if membershipOf(m) != "join" || !b.f.roomAllowed(m.RoomID) {
 			continue
 		}
 		since := b.roomSince(m, before)
-		reqs = append(reqs, TimelineReq{Room: m.RoomID, From: since, To: b.to.Pos, Limit: page})
+		reqs = append(reqs, TimelineReq{Room: m.RoomID, From: since, To: b.to.Pos, Limit: b.pageFrom(since)})
 		windows[since] = append(windows[since], m.RoomID)
 	}
 	if err := b.rd.prefetchTimelines(reqs); err != nil {
@@ -512,7 +531,7 @@ func (b *builder) timeline(member *room.Event, from, to int64) (tl []*room.Event
 		return nil, false, false, err
 	}
 	limit := b.f.timelineLimit()
-	page := b.page()
+	page := b.pageFrom(from)
 	var out []*room.Event
 	skipped := false // an event in the range was left out before the limit
 	upper := to
@@ -565,21 +584,150 @@ func (b *builder) timeline(member *room.Event, from, to int64) (tl []*room.Event
 	return out, true, false, nil
 }
 
-// joinedRoom builds one room of rooms.join; nil when an incremental sync
-// has nothing for it. roomSince is 0 for a room new to the device.
-func (b *builder) joinedRoom(member *room.Event, roomSince int64) (*JoinedRoom, error) {
-	roomID := member.RoomID
-	full := roomSince == 0 || b.req.FullState
-	tl, limited, complete, err := b.timeline(member, roomSince, b.to.Pos)
-	if err != nil {
+// roomPlan is a joined room's timeline and what its part of the response
+// reads, worked out for every room before any room's state is read, so
+// that the states of all rooms are read together (prefetchPlans).
+type roomPlan struct {
+	member *room.Event
+	// roomSince is 0 for a room new to the device.
+	roomSince int64
+	// full: the state part is the whole state before the timeline, not
+	// a delta.
+	full              bool
+	tl                []*room.Event
+	limited, complete bool
+	// stateAt is the position of the state before the timeline.
+	stateAt int64
+	// members are the users whose member events lazy loading sends
+	// (nil: lazy loading is off).
+	members *[]id.UserID
+}
+
+// planJoined plans the joined rooms of memberships now, then reads what
+// their parts of the response will need, for all of them at once.
+func (b *builder) planJoined(now []*room.Event, before map[id.RoomID]string) (map[id.RoomID]*roomPlan, error) {
+	plans := map[id.RoomID]*roomPlan{}
+	for _, m := range now {
+		if membershipOf(m) != "join" || !b.f.roomAllowed(m.RoomID) {
+			continue
+		}
+		roomSince := b.roomSince(m, before)
+		p := &roomPlan{member: m, roomSince: roomSince, full: roomSince == 0 || b.req.FullState}
+		var err error
+		if p.tl, p.limited, p.complete, err = b.timeline(m, roomSince, b.to.Pos); err != nil {
+			return nil, fmt.Errorf("room %s: %w", m.RoomID, err)
+		}
+		p.stateAt = b.to.Pos
+		if len(p.tl) > 0 {
+			p.stateAt = p.tl[0].StreamPos - 1
+		}
+		p.members = b.lazyMembers(p.tl)
+		plans[m.RoomID] = p
+	}
+	if err := b.prefetchPlans(plans); err != nil {
 		return nil, err
 	}
-	// The state is the state before the timeline's first event.
-	stateAt := b.to.Pos
-	if len(tl) > 0 {
-		stateAt = tl[0].StreamPos - 1
+	return plans, nil
+}
+
+// summaryAt is where the room summary is read: the state at the
+// response's end is the state before the timeline when the timeline holds
+// every event since and none is a state event, and then that one is
+// reused instead of resolving another snapshot.
+func (p *roomPlan) summaryAt(to int64) int64 {
+	if p.complete && !slices.ContainsFunc(p.tl, func(e *room.Event) bool { return e.PDU.StateKey != nil }) {
+		return p.stateAt
 	}
-	members := b.lazyMembers(tl)
+	return to
+}
+
+// prefetchPlans reads, in a few queries for all rooms, the states and
+// state events that joinedRoom reads room by room, and the device's
+// transaction IDs of the timelines' events. It only warms the caches
+// joinedRoom reads through: whatever it misses, joinedRoom reads itself.
+func (b *builder) prefetchPlans(plans map[id.RoomID]*roomPlan) error {
+	// reads are the state positions each room reads, with which entries
+	// it needs of them.
+	type read struct {
+		k       stateKey
+		since   int64 // > 0: only entries that differ from the state here
+		members *[]id.UserID
+		// membersOnly: only member events (the summary, lazy members).
+		membersOnly bool
+	}
+	var reads []read
+	var own []id.EventID
+	for rid, p := range plans {
+		summary := p.full || hasMember(p.tl)
+		switch {
+		case p.full:
+			reads = append(reads, read{k: stateKey{rid, p.stateAt}, members: p.members})
+		case p.limited:
+			reads = append(reads, read{k: stateKey{rid, p.stateAt}, since: p.roomSince})
+		}
+		if !p.full && p.members != nil && len(p.tl) > 0 {
+			reads = append(reads, read{k: stateKey{rid, p.stateAt}, members: p.members, membersOnly: true})
+		}
+		if summary {
+			reads = append(reads, read{k: stateKey{rid, p.summaryAt(b.to.Pos)}, membersOnly: true})
+		}
+		for _, e := range p.tl {
+			if e.PDU.Sender == b.req.User {
+				own = append(own, e.ID)
+			}
+		}
+	}
+	if len(own) > 0 && b.req.Device != "" {
+		if err := b.rd.prefetchTxnIDs(b.req.User, b.req.Device, own); err != nil {
+			return err
+		}
+	}
+	if len(reads) < 2 {
+		return nil
+	}
+	keys := make([]stateKey, 0, len(reads)+len(plans))
+	for _, rd := range reads {
+		keys = append(keys, rd.k)
+		if rd.since > 0 {
+			keys = append(keys, stateKey{rd.k.Room, rd.since})
+		}
+	}
+	if err := b.rd.prefetchStates(keys); err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	var ids []id.EventID
+	seen := map[id.EventID]bool{}
+	for _, rd := range reads {
+		state, ok := b.s.cache.state.peek(rd.k)
+		if !ok {
+			continue
+		}
+		var base map[pdu.StateKey]id.EventID
+		if rd.since > 0 {
+			if base, ok = b.s.cache.state.peek(stateKey{rd.k.Room, rd.since}); !ok {
+				continue
+			}
+		}
+		for k, eid := range state {
+			if seen[eid] || rd.membersOnly && k.Type != "m.room.member" || !keep(k, rd.members) || base != nil && base[k] == eid {
+				continue
+			}
+			seen[eid] = true
+			ids = append(ids, eid)
+		}
+	}
+	if err := b.rd.prefetchEvents(ids); err != nil {
+		return fmt.Errorf("reading state: %w", err)
+	}
+	return nil
+}
+
+// joinedRoom builds one room of rooms.join, as planned; nil when an
+// incremental sync has nothing for it.
+func (b *builder) joinedRoom(p *roomPlan) (*JoinedRoom, error) {
+	roomID, roomSince, full := p.member.RoomID, p.roomSince, p.full
+	tl, limited, stateAt, members := p.tl, p.limited, p.stateAt, p.members
+	var err error
 	var state []*room.Event
 	switch {
 	case full:
@@ -619,14 +767,7 @@ func (b *builder) joinedRoom(member *room.Event, roomSince int64) (*JoinedRoom, 
 		jr.UnreadThreadNotifications = map[id.EventID]Unread{}
 	}
 	if full || hasMember(tl) || hasMember(state) {
-		// The state at the response's end is the state before the
-		// timeline when the timeline holds every event since and none is
-		// a state event: reuse it instead of resolving another snapshot.
-		sumAt := b.to.Pos
-		if complete && !slices.ContainsFunc(tl, func(e *room.Event) bool { return e.PDU.StateKey != nil }) {
-			sumAt = stateAt
-		}
-		sum, err := b.rd.Summary(roomID, sumAt, b.req.User)
+		sum, err := b.rd.Summary(roomID, p.summaryAt(b.to.Pos), b.req.User)
 		if err != nil {
 			return nil, fmt.Errorf("room summary: %w", err)
 		}
