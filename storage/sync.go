@@ -2,6 +2,8 @@ package storage
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -198,6 +200,18 @@ func (r *syncReader) AccountData(user id.UserID, since, to int64) ([]syncapi.Acc
 		a.Content = content
 		return a, err
 	})
+}
+
+func (r *syncReader) GlobalAccountData(user id.UserID, typ string) (json.RawMessage, error) {
+	var content []byte
+	err := r.tx.QueryRow(r.ctx, `SELECT content FROM account_data WHERE user_id = $1 AND room_id = '' AND type = $2`, user, typ).Scan(&content)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading account data %s: %w", typ, err)
+	}
+	return content, nil
 }
 
 func (r *syncReader) Receipts(rooms []id.RoomID, since, to int64) ([]syncapi.Receipt, error) {

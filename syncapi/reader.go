@@ -3,6 +3,7 @@ package syncapi
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
@@ -26,6 +27,9 @@ type caches struct {
 	// joined is each user's joined rooms, keyed by the position of their
 	// last membership change (see Service.joinedRooms).
 	joined *memo[memberKey, []id.RoomID]
+	// ignored is each user's m.ignored_user_list, keyed by the position of
+	// their last account data change.
+	ignored *memo[memberKey, map[id.UserID]bool]
 	// filters are parsed sync filters.
 	filters *memo[filterKey, *filter]
 	// For device lists (devicelists.go): users whose keys changed in a
@@ -63,6 +67,7 @@ func newCaches() *caches {
 		events:    newMemo[id.EventID, *room.Event](10*time.Second, 100_000),
 		members:   newMemo[memberKey, []*room.Event](30*time.Second, 50_000),
 		joined:    newMemo[memberKey, []id.RoomID](30*time.Second, 50_000),
+		ignored:   newMemo[memberKey, map[id.UserID]bool](5*time.Minute, 50_000),
 		filters:   newMemo[filterKey, *filter](10*time.Minute, 10_000),
 
 		keyChanges:  newMemo[[2]int64, []id.UserID](30*time.Second, 10_000),
@@ -194,6 +199,42 @@ func (r *reader) MemberEvents(user id.UserID, at int64) ([]*room.Event, error) {
 		}
 		return db.MemberEvents(user, at)
 	})
+}
+
+// Ignored is the set of users the user ignores (m.ignored_user_list) as
+// of the response. Unless their account data changed after the notifier
+// started, it is the same at every position since their last change, so
+// it is cached under that position.
+func (r *reader) Ignored(user id.UserID) (map[id.UserID]bool, error) {
+	load := func() (map[id.UserID]bool, error) {
+		db, err := r.db()
+		if err != nil {
+			return nil, err
+		}
+		raw, err := db.GlobalAccountData(user, "m.ignored_user_list")
+		if err != nil || raw == nil {
+			return nil, err
+		}
+		var list struct {
+			Ignored map[id.UserID]json.RawMessage `json:"ignored_users"`
+		}
+		if json.Unmarshal(raw, &list) != nil || len(list.Ignored) == 0 {
+			return nil, nil // not a list: ignores nobody
+		}
+		out := make(map[id.UserID]bool, len(list.Ignored))
+		for u := range list.Ignored {
+			out[u] = true
+		}
+		return out, nil
+	}
+	last := r.s.n.userLastChange(user, KindAccountData)
+	if last > r.to {
+		// Changed after this response's snapshot may have been taken:
+		// read it, and do not remember it under a position it may not
+		// hold at.
+		return load()
+	}
+	return shared(r, r.s.cache.ignored, memberKey{user, last}, load)
 }
 
 func (r *reader) SnapshotVisibility(snapshot int64, user id.UserID) (string, string, error) {

@@ -53,6 +53,9 @@ type Snapshot interface {
 	Events(ids []id.EventID) ([]*room.Event, error)
 	// AccountData lists the user's account data changed in (since, to].
 	AccountData(user id.UserID, since, to int64) ([]AccountData, error)
+	// GlobalAccountData is the content of the user's global account data
+	// of type typ (nil: none).
+	GlobalAccountData(user id.UserID, typ string) (json.RawMessage, error)
 	// Receipts lists the receipts in rooms changed in (since, to].
 	Receipts(rooms []id.RoomID, since, to int64) ([]Receipt, error)
 	// Presence lists the presence, changed in (since, to], of the user

@@ -302,6 +302,9 @@ type builder struct {
 	// deviceOnly: the response holds something for the requesting
 	// device only, so other devices of the user cannot share it.
 	deviceOnly bool
+	// ignored are the users the user ignores: their events other than
+	// state, and their invites, are left out.
+	ignored map[id.UserID]bool
 }
 
 func (b *builder) sincePos() int64 {
@@ -317,6 +320,11 @@ func (b *builder) build() error {
 		return err
 	}
 	user := b.req.User
+	ignored, err := b.rd.Ignored(user)
+	if err != nil {
+		return fmt.Errorf("reading ignored users: %w", err)
+	}
+	b.ignored = ignored
 	now, err := b.rd.MemberEvents(user, b.to.Pos)
 	if err != nil {
 		return fmt.Errorf("reading memberships: %w", err)
@@ -358,7 +366,9 @@ func (b *builder) build() error {
 				quiet = append(quiet, m.RoomID)
 			}
 		case "invite":
-			if changed {
+			// Invites from ignored users are not shown (spec, "Ignoring
+			// Users").
+			if changed && !b.ignored[m.PDU.Sender] {
 				state, err := b.strippedState(m)
 				if err != nil {
 					return err
@@ -437,12 +447,13 @@ func (b *builder) page() int { return max(b.f.timelineLimit()+1, 50) }
 
 // pageFrom is the page of a timeline read in (from, ...]. A room's whole
 // history (from 0: an initial sync, a room new to the device) read with a
-// filter that keeps every event needs just one more event than the limit
+// filter that keeps every event, for a user who ignores nobody, needs just
+// one more event than the limit
 // (the one that says the timeline is limited), nearly always from its
 // first page: at 50 an initial sync in 100 rooms would read five times the
 // events it sends.
 func (b *builder) pageFrom(from int64) int {
-	if from == 0 && b.f.timelineKeepsAll() {
+	if from == 0 && b.f.timelineKeepsAll() && len(b.ignored) == 0 {
 		return b.f.timelineLimit() + 1
 	}
 	return b.page()
@@ -564,7 +575,7 @@ func (b *builder) timeline(member *room.Event, from, to int64) (tl []*room.Event
 			hidden[e.ID] = !ok
 		}
 		for _, e := range evs {
-			if hidden[e.ID] || !b.f.timelineMatch(e) {
+			if hidden[e.ID] || !b.f.timelineMatch(e) || e.PDU.StateKey == nil && b.ignored[e.PDU.Sender] {
 				skipped = true
 				continue
 			}
