@@ -446,12 +446,11 @@ func (r *reader) membershipsBefore(user id.UserID, since *Token, now []*room.Eve
 func (b *builder) page() int { return max(b.f.timelineLimit()+1, 50) }
 
 // pageFrom is the page of a timeline read in (from, ...]. A room's whole
-// history (from 0: an initial sync, a room new to the device) read with a
-// filter that keeps every event, for a user who ignores nobody, needs just
-// one more event than the limit
-// (the one that says the timeline is limited), nearly always from its
-// first page: at 50 an initial sync in 100 rooms would read five times the
-// events it sends.
+// history (from 0: an initial sync, a room new to the device), read with a
+// filter that keeps every event for a user who ignores nobody, needs just
+// one event more than the limit (the one that says the timeline is
+// limited), nearly always from its first page: at 50, an initial sync in
+// 100 rooms read five times the events it sends.
 func (b *builder) pageFrom(from int64) int {
 	if from == 0 && b.f.timelineKeepsAll() && len(b.ignored) == 0 {
 		return b.f.timelineLimit() + 1
