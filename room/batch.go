@@ -37,16 +37,19 @@ type BatchTx interface {
 	// Restore, after a FlushError for job n, returns the jobs whose
 	// writes were undone with n's (those that reached the transaction
 	// after n), to run again, and forgets what they and n did to cached
-	// room heads.
-	Restore(n int) []int
+	// room heads. rerun: n runs again too (FlushError.Retry).
+	Restore(n int, rerun bool) []int
 }
 
 // FlushError reports that job Job's queued writes failed with Err when they
 // were sent; the writes of the jobs that reached the transaction after it
-// were not applied (BatchTx.Restore names them).
+// were not applied (BatchTx.Restore names them). With Retry, the writes
+// failed together with other jobs' and Job is not known to be at fault:
+// it runs again too, and fails alone if it was.
 type FlushError struct {
-	Job int
-	Err error
+	Job   int
+	Err   error
+	Retry bool
 }
 
 func (e *FlushError) Error() string { return fmt.Sprintf("job %d: %v", e.Job, e.Err) }
@@ -161,9 +164,14 @@ func (b *batcher) runBatch(batch []*job) {
 			err := btx.Flush()
 			var fe *FlushError
 			if errors.As(err, &fe) {
-				results[fe.Job] = fe.Err
-				again = append(again, btx.Restore(fe.Job)...)
-				again = slices.DeleteFunc(again, func(n int) bool { return n == fe.Job })
+				undone := btx.Restore(fe.Job, fe.Retry)
+				if fe.Retry {
+					again = append(append(again, fe.Job), undone...)
+				} else {
+					results[fe.Job] = fe.Err
+					again = append(again, undone...)
+					again = slices.DeleteFunc(again, func(n int) bool { return n == fe.Job })
+				}
 			} else if err != nil || len(again) == 0 {
 				return err
 			}

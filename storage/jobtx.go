@@ -78,6 +78,9 @@ type stream struct {
 	aborted *room.FlushError
 	// broken is the error that makes the whole transaction unusable.
 	broken error
+	// noBulk: a bulk append failed, so queued events are sent one by one
+	// for the rest of the batch, to find the job at fault (bulk.go).
+	noBulk bool
 }
 
 type queued struct {
@@ -85,11 +88,16 @@ type queued struct {
 	// the batch).
 	job       int
 	savepoint bool
-	sql       string
-	args      []any
+	// held marks the savepoint of a job that holds tok: it is rolled back
+	// to by name, so it is always sent.
+	held bool
+	sql  string
+	args []any
 	// pos, when set, receives the single int8 the statement returns (the
 	// stream position of an inserted event).
 	pos *int64
+	// event, instead of sql, is a message event to append (bulk.go).
+	event *bulkEvent
 }
 
 // errAborted answers a read of a job that runs while the stream is
@@ -130,6 +138,11 @@ func (c *jobConn) QueuePos(pos *int64, sql string, args ...any) {
 	c.pending = append(c.pending, queued{job: c.n, sql: sql, args: args, pos: pos})
 }
 
+// queueEvent adds a message event to append (bulk.go).
+func (c *jobConn) queueEvent(e *bulkEvent) {
+	c.pending = append(c.pending, queued{job: c.n, event: e})
+}
+
 // acquire makes the job the holder of the transaction (for the rest of the
 // job) and sends everything queued before it and its own statements.
 func (c *jobConn) acquire(ctx context.Context) error {
@@ -142,6 +155,9 @@ func (c *jobConn) acquire(ctx context.Context) error {
 		}
 		c.holds = true
 		s.order = append(s.order, c.n)
+		if len(c.pending) > 0 && c.pending[0].savepoint {
+			c.pending[0].held = true
+		}
 	}
 	s.queue = append(s.queue, c.pending...)
 	c.pending = nil
@@ -224,30 +240,33 @@ func (s *stream) flush(ctx context.Context) error {
 		s.queue = append([]queued{{job: -1, sql: "SELECT pg_advisory_xact_lock($1)", args: []any{streamLockID}}}, s.queue...)
 		s.lockLevel = s.sent - 1
 	}
-	b := &pgx.Batch{}
-	for _, q := range s.queue {
-		b.Queue(q.sql, q.args...)
-	}
-	sent := s.queue
+	sent := s.render(s.queue)
 	s.queue = nil
+	b := &pgx.Batch{}
+	for _, w := range sent {
+		b.Queue(w.sql, w.args...)
+	}
 	br := s.tx.SendBatch(ctx, b)
-	var failed *queued
+	var failed *wireStmt
 	var failErr error
 	for i := range sent {
-		q := &sent[i]
+		w := &sent[i]
 		var err error
-		if q.pos != nil {
-			err = br.QueryRow().Scan(q.pos)
-		} else {
+		switch {
+		case w.events != nil:
+			err = readPositions(br, w.events)
+		case w.pos != nil:
+			err = br.QueryRow().Scan(w.pos)
+		default:
 			_, err = br.Exec()
 		}
 		if failed != nil {
 			continue
 		}
 		if err != nil {
-			failed, failErr = q, err
-		} else if q.savepoint {
-			s.sent++
+			failed, failErr = w, err
+		} else {
+			s.sent += w.entered
 		}
 	}
 	if err := br.Close(); err != nil && failed == nil {
@@ -257,11 +276,22 @@ func (s *stream) flush(ctx context.Context) error {
 	if failed == nil {
 		return nil
 	}
-	if failed.job < 0 || failed.savepoint {
+	if failed.job < 0 || failed.entered > 0 && failed.events == nil {
 		// The stream lock, a savepoint or a statement of no job failed:
 		// nothing can be kept.
 		s.broken = fmt.Errorf("batch transaction failed: %w", failErr)
 		return s.broken
+	}
+	if failed.events != nil {
+		// A bulk append failed, and which of its jobs caused it is not
+		// known: undo them all (and what followed), and run them again
+		// with their events sent one by one, which finds the job.
+		if err := s.rollbackTo(ctx, s.index(failed.job)); err != nil {
+			return err
+		}
+		s.noBulk = true
+		s.aborted = &room.FlushError{Job: failed.job, Err: mapWriteError(failErr), Retry: true}
+		return s.aborted
 	}
 	i := s.index(failed.job)
 	if err := s.rollbackTo(ctx, i); err != nil {
@@ -294,7 +324,10 @@ func (s *stream) takeAborted() *room.FlushError {
 // undoneAfter forgets the jobs that entered the stream after job n (whose
 // write failed): the rollback to n's savepoint undid them. It returns those
 // that had not failed, in stream order: they must run again. No job runs.
-func (s *stream) undoneAfter(n int) []int {
+// With rerun, n was undone without failing (a bulk append failed: bulk.go)
+// and runs again too: it is forgotten like them, so that its next entry is
+// its only one (failed is kept per job, not per entry).
+func (s *stream) undoneAfter(n int, rerun bool) []int {
 	s.tok.Lock()
 	defer s.tok.Unlock()
 	i := s.index(n)
@@ -304,6 +337,15 @@ func (s *stream) undoneAfter(n int) []int {
 			undone = append(undone, j)
 		}
 		delete(s.failed, j)
+	}
+	if rerun {
+		// Its savepoint stays in the transaction, unnamed by any entry:
+		// its next entry's savepoint, of the same name, is the one
+		// rollbacks find.
+		delete(s.failed, n)
+		s.order = s.order[:i]
+		s.sent = min(s.sent, i)
+		return undone
 	}
 	s.failed[n] = true
 	s.order = s.order[:i+1]

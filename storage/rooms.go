@@ -418,10 +418,11 @@ func (b *batchTx) undo(js *jobState) {
 
 // Restore, after a FlushError for job n, undoes the cached head changes of
 // n and of every job that entered the transaction after it, all undone by
-// the rollback to n's savepoint, and returns those jobs but n, to run again.
-// No job runs meanwhile.
-func (b *batchTx) Restore(n int) []int {
-	undone := b.s.undoneAfter(n)
+// the rollback to n's savepoint, and returns those jobs but n, to run again
+// (n too runs again with rerun, but the caller knows it). No job runs
+// meanwhile.
+func (b *batchTx) Restore(n int, rerun bool) []int {
+	undone := b.s.undoneAfter(n, rerun)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	// A room goes back to its head before the first of its jobs undone:
@@ -645,12 +646,22 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 		t.batch.members = append(t.batch.members, id.UserID(*e.PDU.StateKey))
 	}
 	t.batch.mu.Unlock()
+	if e.PDU.StateKey == nil && e.Redacts == "" {
+		// A message event: appended in bulk with those of other jobs
+		// (bulk.go).
+		t.tx.queueEvent(&bulkEvent{pos: pos, id: e.ID, room: t.roomID, typ: e.PDU.Type, sender: e.PDU.Sender,
+			depth: e.PDU.Depth, ts: e.PDU.OriginServerTS, stateBefore: t.snap, pdu: string(e.Raw),
+			relatesTo: relatesTo, relType: relType, push: e.Push, txnDevice: e.TxnDevice, txnID: e.TxnID})
+		t.prev, t.depth, t.dirty = []id.EventID{e.ID}, e.PDU.Depth, true
+		t.pdus.put(e.ID, e.PDU)
+		return 0, nil
+	}
 	t.tx.QueuePos(pos, `INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, ''))
 		RETURNING stream_pos`,
 		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, t.snap, string(e.Raw), relatesTo, relType)
-	if e.Push != nil {
-		t.queuePush(e)
+	for _, q := range pushStatements(e.ID, t.roomID, e.PDU.Sender, e.PDU.OriginServerTS, e.Push) {
+		t.tx.Queue(q.sql, q.args...)
 	}
 	if e.PDU.StateKey != nil {
 		var membership *string
@@ -967,29 +978,33 @@ func (r *Rooms) MoveAliases(ctx context.Context, from, to id.RoomID) error {
 	return err
 }
 
-// queuePush writes what the event did for the room's local members
+// pushStatements write what the event did for the room's local members
 // (tables event_push_summary and event_push_exceptions, read through the
 // view event_push_actions) in the event's transaction: /sync's unread
 // counts and the pushers read them. The event's position is read back from
 // its row, inserted just before in the same transaction.
-func (t *roomTx) queuePush(e *room.Appended) {
-	if s := e.Push.Summary; s != nil {
-		t.tx.Queue(`INSERT INTO event_push_summary (room_id, stream_pos, event_id, sender, thread_id, highlight, actions, ts)
-			SELECT $2, stream_pos, $1, $3, $4, $5, $6, $7 FROM events WHERE event_id = $1`,
-			e.ID, t.roomID, e.PDU.Sender, s.Thread, s.Highlight, string(s.Actions), e.PDU.OriginServerTS)
+func pushStatements(eventID id.EventID, roomID id.RoomID, sender id.UserID, ts int64, push *room.PushOutcome) []queued {
+	if push == nil {
+		return nil
 	}
-	n := len(e.Push.Exceptions)
+	var out []queued
+	if s := push.Summary; s != nil {
+		out = append(out, queued{sql: `INSERT INTO event_push_summary (room_id, stream_pos, event_id, sender, thread_id, highlight, actions, ts)
+			SELECT $2, stream_pos, $1, $3, $4, $5, $6, $7 FROM events WHERE event_id = $1`,
+			args: []any{eventID, roomID, sender, s.Thread, s.Highlight, string(s.Actions), ts}})
+	}
+	n := len(push.Exceptions)
 	if n == 0 {
-		return
+		return out
 	}
 	users, threads, actions := make([]string, n), make([]string, n), make([]string, n)
 	notify, highlight := make([]bool, n), make([]bool, n)
-	for i, x := range e.Push.Exceptions {
+	for i, x := range push.Exceptions {
 		users[i], threads[i], notify[i], highlight[i], actions[i] = string(x.User), x.Thread, x.Notify, x.Highlight, string(x.Actions)
 	}
-	t.tx.Queue(`INSERT INTO event_push_exceptions (user_id, room_id, stream_pos, event_id, notify, thread_id, highlight, actions, ts)
+	return append(out, queued{sql: `INSERT INTO event_push_exceptions (user_id, room_id, stream_pos, event_id, notify, thread_id, highlight, actions, ts)
 		SELECT u.user_id, $2, e.stream_pos, $1, u.notify, u.thread_id, u.highlight, u.actions::json, $8
 		FROM events e, unnest($3::text[], $4::bool[], $5::text[], $6::bool[], $7::text[]) AS u(user_id, notify, thread_id, highlight, actions)
 		WHERE e.event_id = $1`,
-		e.ID, t.roomID, users, notify, threads, highlight, actions, e.PDU.OriginServerTS)
+		args: []any{eventID, roomID, users, notify, threads, highlight, actions, ts}})
 }
