@@ -32,8 +32,10 @@ type BatchTx interface {
 	EndJob(n int, failed bool) (again bool, err error)
 	// Flush sends every queued write. A write that failed, now or while
 	// the round's jobs ran, is reported as a *FlushError: the transaction
-	// is then back at that job's start, and Restore must follow.
-	Flush() error
+	// is then back at that job's start, and Restore must follow. last: no
+	// job is to run again, so these are the batch's last writes (the
+	// store may commit with them; nothing is sent after a nil return).
+	Flush(last bool) error
 	// Restore, after a FlushError for job n, returns the jobs whose
 	// writes were undone with n's (those that reached the transaction
 	// after n), to run again, and forgets what they and n did to cached
@@ -161,7 +163,7 @@ func (b *batcher) runBatch(batch []*job) {
 			}
 			// Flush even when no job is left to run again: the room heads
 			// are written last, and a failed pipeline did not write them.
-			err := btx.Flush()
+			err := btx.Flush(len(again) == 0)
 			var fe *FlushError
 			if errors.As(err, &fe) {
 				undone := btx.Restore(fe.Job, fe.Retry)

@@ -51,8 +51,22 @@ import (
 // Savepoints are not released; room/batch.go keeps batches short enough
 // (maxBatch) for Postgres's per-backend subtransaction cache.
 type stream struct {
-	tx  pgx.Tx
+	tx  txConn
 	tok sync.Mutex
+
+	// The transaction is begun and committed by statements in the
+	// stream's own pipelines, to spare a round trip each: BEGIN goes
+	// ahead of the first statements sent (begun), and COMMIT after the
+	// batch's last writes when Flush is told they are the last
+	// (commitOnFlush) and the stream lock is already held, so that the
+	// commit's ticket (stream.go) can be taken before it is sent. ticket
+	// and committed report that commit.
+	begun, commitOnFlush, committed bool
+	ticket                          *streamTicket
+	db                              *DB
+	// hasPositions reports that the batch took stream positions (a ticket
+	// is needed to commit).
+	hasPositions func() bool
 
 	// Guarded by tok:
 
@@ -67,11 +81,12 @@ type stream struct {
 	failed map[int]bool
 	// lockLevel is the index in order of the savepoint inside whose
 	// subtransaction the stream lock was taken (-1: outside any; -2: not
-	// held). The lock is taken as late as possible, at the head of the
-	// first pipeline that carries writes, so that a second batch can build
-	// its events while this one waits for its commit; positions are still
-	// only taken under it (stream.go). Rolling back to that savepoint (or
-	// an earlier one) releases the lock with the subtransaction.
+	// held). A batch that locks existing rooms takes it with them, outside
+	// every savepoint (batchTx.LockRooms), so that its last pipeline can
+	// carry the COMMIT; one that only creates rooms takes it at the head
+	// of the first pipeline that carries writes. Positions are only taken
+	// under it (stream.go). Rolling back to the savepoint it was taken in
+	// (or an earlier one) releases the lock with the subtransaction.
 	lockLevel int
 	// aborted is the FlushError that aborted the stream, until the batcher
 	// takes it.
@@ -104,8 +119,16 @@ type queued struct {
 // aborted: the batcher runs the job again.
 var errAborted = errors.New("batch stream aborted by an earlier job's failed write")
 
-func newStream(tx pgx.Tx) *stream {
-	return &stream{tx: tx, lockLevel: -2, failed: map[int]bool{}}
+// txConn is the connection a stream's transaction runs on.
+type txConn interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func newStream(tx txConn, db *DB, hasPositions func() bool) *stream {
+	return &stream{tx: tx, lockLevel: -2, failed: map[int]bool{}, db: db, hasPositions: hasPositions}
 }
 
 func savepointName(job int) string { return fmt.Sprintf("j%d", job) }
@@ -231,7 +254,16 @@ func (s *stream) flush(ctx context.Context) error {
 	if err := s.unusable(); err != nil {
 		return err
 	}
-	if len(s.queue) == 0 {
+	commit := s.commitOnFlush && s.lockLevel != -2
+	if len(s.queue) == 0 && !commit {
+		if !s.begun {
+			// A read comes first: the transaction must be open for it.
+			if _, err := s.tx.Exec(ctx, "BEGIN"); err != nil {
+				s.broken = fmt.Errorf("beginning the batch transaction: %w", err)
+				return s.broken
+			}
+			s.begun = true
+		}
 		return nil
 	}
 	if s.lockLevel == -2 {
@@ -242,6 +274,17 @@ func (s *stream) flush(ctx context.Context) error {
 	}
 	sent := s.render(s.queue)
 	s.queue = nil
+	if !s.begun {
+		sent = append([]wireStmt{{job: -1, sql: "BEGIN"}}, sent...)
+		s.begun = true // if it fails, the stream is broken anyway
+	}
+	if commit {
+		// The stream lock is held, so the ticket is in commit order.
+		if s.hasPositions() {
+			s.ticket = s.db.gate.take()
+		}
+		sent = append(sent, wireStmt{job: -1, sql: "COMMIT"})
+	}
 	b := &pgx.Batch{}
 	for _, w := range sent {
 		b.Queue(w.sql, w.args...)
@@ -269,11 +312,18 @@ func (s *stream) flush(ctx context.Context) error {
 			s.sent += w.entered
 		}
 	}
-	if err := br.Close(); err != nil && failed == nil {
+	err := br.Close()
+	if commit && (err != nil || failed != nil) && s.ticket != nil {
+		// Not committed: the ticket is given back, telling nothing.
+		s.db.resolve(s.ticket, nil)
+		s.ticket = nil
+	}
+	if err != nil && failed == nil {
 		s.broken = fmt.Errorf("sending queued writes: %w", err)
 		return s.broken
 	}
 	if failed == nil {
+		s.committed = commit
 		return nil
 	}
 	if failed.job < 0 || failed.entered > 0 && failed.events == nil {

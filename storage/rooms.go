@@ -153,26 +153,46 @@ type jobState struct {
 }
 
 func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
-	var done *batchTx
-	var ticket *streamTicket
-	err := r.db.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		b := &batchTx{ctx: ctx, s: newStream(tx), rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus, heads: r.heads,
-			ids: r.snapIDs, jobs: map[int]*jobState{}, appended: map[id.RoomID]bool{}}
-		if err := fn(b); err != nil {
-			return err
-		}
-		done = b
-		if len(b.positions) > 0 {
-			ticket = r.db.gate.take() // the stream lock is held: COMMIT follows
-		}
-		return nil
+	conn, err := r.db.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("batch connection: %w", err)
+	}
+	// A connection released inside a transaction is closed by the pool,
+	// so a failure below cannot leave one open for the next user.
+	defer conn.Release()
+	b := &batchTx{ctx: ctx, rooms: map[id.RoomID]*roomTx{}, pdus: r.pdus, heads: r.heads,
+		ids: r.snapIDs, jobs: map[int]*jobState{}, appended: map[id.RoomID]bool{}}
+	b.s = newStream(conn.Conn(), r.db, func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.positions) > 0
 	})
-	if err != nil || done == nil {
-		if ticket != nil {
-			r.db.resolve(ticket, nil)
+	err = fn(b)
+	s := b.s
+	if err == nil && !s.committed {
+		// Not committed by the last flush (the stream lock was not held
+		// before it, or nothing was written).
+		if len(b.positions) > 0 {
+			s.ticket = r.db.gate.take() // the stream lock is held: COMMIT follows
+		}
+		if s.begun {
+			if _, err = conn.Exec(ctx, "COMMIT"); err != nil {
+				err = fmt.Errorf("committing the batch: %w", err)
+			}
+		}
+	}
+	if err != nil {
+		if s.begun && !s.committed {
+			if _, rerr := conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
+				_ = conn.Conn().Close(context.WithoutCancel(ctx))
+			}
+		}
+		if s.ticket != nil {
+			r.db.resolve(s.ticket, nil)
 		}
 		return err
 	}
+	done, ticket := b, s.ticket
 	// Committed: what the batch knows of each room's state is now true.
 	var maxPos int64
 	var rooms []id.RoomID
@@ -221,7 +241,7 @@ func (t *roomTx) restoreHead(h roomHead) {
 // rows for every event would pile up row versions), and sends everything
 // queued. No job runs meanwhile. A FlushError that aborted the jobs'
 // round is returned as is (see stream).
-func (b *batchTx) Flush() error {
+func (b *batchTx) Flush(last bool) error {
 	if fe := b.s.takeAborted(); fe != nil {
 		return fe
 	}
@@ -242,6 +262,8 @@ func (b *batchTx) Flush() error {
 	s := b.s
 	s.tok.Lock()
 	defer s.tok.Unlock()
+	s.commitOnFlush = last
+	defer func() { s.commitOnFlush = false }()
 	if len(rooms) > 0 {
 		// Three statements for all the batch's rooms, belonging to no
 		// job: they follow every job's.
@@ -285,8 +307,10 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 	// round trip: under READ COMMITTED a statement reads from the snapshot
 	// taken when it started, so heads read by the locking statement itself
 	// could predate the commit of the batch it waited for.
-	if err := s.flush(b.ctx); err != nil {
-		return err
+	if len(s.queue) > 0 {
+		if err := s.flush(b.ctx); err != nil {
+			return err
+		}
 	}
 	//
 	// Every batch replaces its rooms' rows in forward_extremities, so the
@@ -296,7 +320,19 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 	// sends: most of Postgres's work for a batch); a plain index scan marks
 	// those no transaction can see any more as dead in the index, and later
 	// scans skip them. Bitmap scans are therefore off for this statement.
+	//
+	// The transaction begins in the same round trip, and the stream lock
+	// is taken in it too, after the rooms' (every batch locks its rooms
+	// first: no deadlock), outside any savepoint: the batch then holds it
+	// when its last writes are sent, so their pipeline can end with the
+	// COMMIT (stream.flush). A batch holds it a little longer so (while
+	// it builds its events), but no other batch could write meanwhile
+	// anyway (maxLeaders in room/batch.go).
 	pb := &pgx.Batch{}
+	begin := !s.begun
+	if begin {
+		pb.Queue("BEGIN")
+	}
 	pb.Queue(`SELECT room_id FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE`, want)
 	pb.Queue(`SET LOCAL enable_bitmapscan = off`)
 	pb.Queue(`SELECT r.room_id, r.room_version, h.depth, h.snapshot_id, s.chain_len,
@@ -304,8 +340,18 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 		FROM rooms r LEFT JOIN room_heads h USING (room_id) LEFT JOIN state_snapshots s ON s.snapshot_id = h.snapshot_id
 		WHERE r.room_id = ANY($1)`, want)
 	pb.Queue(`SET LOCAL enable_bitmapscan = DEFAULT`)
+	lock := s.lockLevel == -2
+	if lock {
+		pb.Queue("SELECT pg_advisory_xact_lock($1)", streamLockID)
+	}
 	br := s.tx.SendBatch(b.ctx, pb)
 	defer br.Close()
+	if begin {
+		s.begun = true // if it failed, so does the batch
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("beginning the batch transaction: %w", err)
+		}
+	}
 	if _, err := br.Exec(); err != nil {
 		return fmt.Errorf("locking rooms: %w", err)
 	}
@@ -319,8 +365,16 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 	if err := b.readHeads(rows); err != nil {
 		return err
 	}
-	_, err = br.Exec()
-	return err
+	if _, err = br.Exec(); err != nil {
+		return err
+	}
+	if lock {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("taking the stream lock: %w", err)
+		}
+		s.lockLevel = -1 // outside every savepoint: held to the end
+	}
+	return nil
 }
 
 // readHeads makes handles of the rooms LockRooms read.
