@@ -343,6 +343,7 @@ func (b *builder) build() error {
 	if err != nil {
 		return err
 	}
+	prefetched := 0 // plans.order[:prefetched] have had their reads made
 	rooms := &Rooms{}
 	// quiet are the joined rooms with nothing to show but perhaps their
 	// unread counts.
@@ -356,7 +357,17 @@ func (b *builder) build() error {
 		case "join":
 			// A room joined within the window is new to this device: it
 			// gets the room as an initial sync would.
-			jr, err := b.joinedRoom(plans[m.RoomID])
+			p := plans.byRoom[m.RoomID]
+			if p.index >= prefetched {
+				// The next rooms' reads, together (a bounded number of
+				// rooms at a time, to bound what is held at once).
+				end := min(p.index+prefetchRooms, len(plans.order))
+				if err := b.prefetchPlans(plans.order[p.index:end]); err != nil {
+					return err
+				}
+				prefetched = end
+			}
+			jr, err := b.joinedRoom(p)
 			if err != nil {
 				return fmt.Errorf("room %s: %w", m.RoomID, err)
 			}
@@ -596,8 +607,10 @@ func (b *builder) timeline(member *room.Event, from, to int64) (tl []*room.Event
 
 // roomPlan is a joined room's timeline and what its part of the response
 // reads, worked out for every room before any room's state is read, so
-// that the states of all rooms are read together (prefetchPlans).
+// that the states of many rooms are read together (prefetchPlans).
 type roomPlan struct {
+	// index is the plan's place in joinedPlans.order.
+	index  int
 	member *room.Event
 	// roomSince is 0 for a room new to the device.
 	roomSince int64
@@ -613,10 +626,27 @@ type roomPlan struct {
 	members *[]id.UserID
 }
 
-// planJoined plans the joined rooms of memberships now, then reads what
-// their parts of the response will need, for all of them at once.
-func (b *builder) planJoined(now []*room.Event, before map[id.RoomID]string) (map[id.RoomID]*roomPlan, error) {
-	plans := map[id.RoomID]*roomPlan{}
+// joinedPlans are the plans of a response's joined rooms, in the order
+// the build takes them.
+type joinedPlans struct {
+	byRoom map[id.RoomID]*roomPlan
+	order  []*roomPlan
+}
+
+// prefetchRooms is how many rooms' reads are made together
+// (prefetchPlans): enough for a round trip to matter little, few enough
+// that an account in thousands of large rooms does not hold all their
+// state events at once.
+const prefetchRooms = 100
+
+// maxPrefetchEvents bounds the state events read in one prefetch; those
+// beyond are read room by room.
+const maxPrefetchEvents = 20_000
+
+// planJoined plans the joined rooms of memberships now: their timelines,
+// and so which states their parts of the response read.
+func (b *builder) planJoined(now []*room.Event, before map[id.RoomID]string) (*joinedPlans, error) {
+	plans := &joinedPlans{byRoom: map[id.RoomID]*roomPlan{}}
 	for _, m := range now {
 		if membershipOf(m) != "join" || !b.f.roomAllowed(m.RoomID) {
 			continue
@@ -632,10 +662,9 @@ func (b *builder) planJoined(now []*room.Event, before map[id.RoomID]string) (ma
 			p.stateAt = p.tl[0].StreamPos - 1
 		}
 		p.members = b.lazyMembers(p.tl)
-		plans[m.RoomID] = p
-	}
-	if err := b.prefetchPlans(plans); err != nil {
-		return nil, err
+		p.index = len(plans.order)
+		plans.byRoom[m.RoomID] = p
+		plans.order = append(plans.order, p)
 	}
 	return plans, nil
 }
@@ -651,11 +680,12 @@ func (p *roomPlan) summaryAt(to int64) int64 {
 	return to
 }
 
-// prefetchPlans reads, in a few queries for all rooms, the states and
-// state events that joinedRoom reads room by room, and the device's
-// transaction IDs of the timelines' events. It only warms the caches
+// prefetchPlans reads, in a few queries for all the plans' rooms, the
+// states and state events that joinedRoom reads room by room (up to
+// maxPrefetchEvents of them), and the device's transaction IDs of the
+// timelines' events. It only warms the caches
 // joinedRoom reads through: whatever it misses, joinedRoom reads itself.
-func (b *builder) prefetchPlans(plans map[id.RoomID]*roomPlan) error {
+func (b *builder) prefetchPlans(plans []*roomPlan) error {
 	// reads are the state positions each room reads, with which entries
 	// it needs of them.
 	type read struct {
@@ -667,7 +697,8 @@ func (b *builder) prefetchPlans(plans map[id.RoomID]*roomPlan) error {
 	}
 	var reads []read
 	var own []id.EventID
-	for rid, p := range plans {
+	for _, p := range plans {
+		rid := p.member.RoomID
 		summary := p.full || hasMember(p.tl)
 		switch {
 		case p.full:
@@ -725,6 +756,9 @@ func (b *builder) prefetchPlans(plans map[id.RoomID]*roomPlan) error {
 			seen[eid] = true
 			ids = append(ids, eid)
 		}
+	}
+	if len(ids) > maxPrefetchEvents {
+		ids = ids[:maxPrefetchEvents]
 	}
 	if err := b.rd.prefetchEvents(ids); err != nil {
 		return fmt.Errorf("reading state: %w", err)
