@@ -135,57 +135,70 @@ func (b *batcher) do(ctx context.Context, j *job) error {
 // write fails in the pipeline (FlushError), that job fails, and the jobs
 // its rollback undid, or that ended after it, run in the next round.
 func (b *batcher) runBatch(batch []*job) {
-	results := make([]error, len(batch))
+	var results []error
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
-	err := b.run(ctx, func(btx BatchTx) error {
-		// Lock every room the batch will write, in one round trip.
-		var rooms []id.RoomID
-		for _, j := range batch {
-			if j.version == "" {
-				rooms = append(rooms, j.roomID)
-			}
+	var err error
+	for attempt := 0; ; attempt++ {
+		results = make([]error, len(batch))
+		err = b.run(ctx, func(btx BatchTx) error { return b.runJobs(btx, batch, results) })
+		// Built on stale cached heads: nothing was written, and the
+		// store now reads the heads before the jobs run.
+		if !errors.Is(err, ErrStaleHeads) || attempt == 2 {
+			break
 		}
-		if err := btx.LockRooms(rooms); err != nil {
-			return err
-		}
-		todo := make([]int, len(batch))
-		for i := range todo {
-			todo[i] = i
-		}
-		for {
-			var again []int
-			if len(todo) > 0 {
-				var err error
-				if again, err = runRound(btx, batch, todo, results); err != nil {
-					return err
-				}
-			}
-			// Flush even when no job is left to run again: the room heads
-			// are written last, and a failed pipeline did not write them.
-			err := btx.Flush(len(again) == 0)
-			var fe *FlushError
-			if errors.As(err, &fe) {
-				undone := btx.Restore(fe.Job, fe.Retry)
-				if fe.Retry {
-					again = append(append(again, fe.Job), undone...)
-				} else {
-					results[fe.Job] = fe.Err
-					again = append(again, undone...)
-					again = slices.DeleteFunc(again, func(n int) bool { return n == fe.Job })
-				}
-			} else if err != nil || len(again) == 0 {
-				return err
-			}
-			slices.Sort(again)
-			todo = slices.Compact(again)
-		}
-	})
+	}
 	for i, j := range batch {
 		if err != nil && results[i] == nil {
 			results[i] = err // the commit failed: nothing of the batch was written
 		}
 		j.done <- results[i]
+	}
+}
+
+// runJobs runs the batch's jobs in btx, round after round, recording each
+// job's outcome in results.
+func (b *batcher) runJobs(btx BatchTx, batch []*job, results []error) error {
+	// Lock every room the batch will write, in one round trip.
+	var rooms []id.RoomID
+	for _, j := range batch {
+		if j.version == "" {
+			rooms = append(rooms, j.roomID)
+		}
+	}
+	if err := btx.LockRooms(rooms); err != nil {
+		return err
+	}
+	todo := make([]int, len(batch))
+	for i := range todo {
+		todo[i] = i
+	}
+	for {
+		var again []int
+		if len(todo) > 0 {
+			var err error
+			if again, err = runRound(btx, batch, todo, results); err != nil {
+				return err
+			}
+		}
+		// Flush even when no job is left to run again: the room heads
+		// are written last, and a failed pipeline did not write them.
+		err := btx.Flush(len(again) == 0)
+		var fe *FlushError
+		if errors.As(err, &fe) {
+			undone := btx.Restore(fe.Job, fe.Retry)
+			if fe.Retry {
+				again = append(append(again, fe.Job), undone...)
+			} else {
+				results[fe.Job] = fe.Err
+				again = append(again, undone...)
+				again = slices.DeleteFunc(again, func(n int) bool { return n == fe.Job })
+			}
+		} else if err != nil || len(again) == 0 {
+			return err
+		}
+		slices.Sort(again)
+		todo = slices.Compact(again)
 	}
 }
 

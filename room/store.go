@@ -12,6 +12,11 @@ import (
 // was already used: the request is a retry.
 var ErrDuplicateTxn = errors.New("transaction ID already used")
 
+// ErrStaleHeads fails a batch whose jobs were built on cached room heads
+// that the store found stale when its read of them arrived: nothing was
+// written, and the batch runs again (room/batch.go).
+var ErrStaleHeads = errors.New("room heads changed since they were cached")
+
 // ErrNotFound is returned by Store lookups that find nothing.
 var ErrNotFound = errors.New("not found")
 

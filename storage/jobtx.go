@@ -96,6 +96,24 @@ type stream struct {
 	// noBulk: a bulk append failed, so queued events are sent one by one
 	// for the rest of the batch, to find the job at fault (bulk.go).
 	noBulk bool
+	// pending, when set, reads the answers of a pipeline already sent
+	// (batchTx.LockRooms): it runs before anything else uses the
+	// connection (settle).
+	pending func() error
+}
+
+// settle runs pending. Caller holds tok.
+func (s *stream) settle() error {
+	if s.pending == nil {
+		return nil
+	}
+	f := s.pending
+	s.pending = nil
+	if err := f(); err != nil {
+		s.broken = err
+		return err
+	}
+	return nil
 }
 
 type queued struct {
@@ -238,6 +256,9 @@ func (c *jobConn) end(ctx context.Context, failed bool) (again bool, err error) 
 // rollbackTo rolls the transaction back to the savepoint of order[i],
 // which has been sent. Caller holds tok.
 func (s *stream) rollbackTo(ctx context.Context, i int) error {
+	if err := s.settle(); err != nil {
+		return err
+	}
 	if s.lockLevel >= i {
 		s.lockLevel = -2
 	}
@@ -251,6 +272,9 @@ func (s *stream) rollbackTo(ctx context.Context, i int) error {
 
 // flush sends the queue as one pipeline. Caller holds tok.
 func (s *stream) flush(ctx context.Context) error {
+	if err := s.settle(); err != nil {
+		return err
+	}
 	if err := s.unusable(); err != nil {
 		return err
 	}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/tidwall/gjson"
@@ -39,11 +41,23 @@ func (db *DB) Rooms() *Rooms {
 type headCache struct {
 	mu sync.Mutex
 	m  map[id.RoomID]cachedHead
+	// stale counts the batches that found cached heads stale.
+	stale atomic.Uint64
 }
+
+// StaleHeads is how many batches found the room heads they built on
+// stale (another process wrote the rooms) and ran again.
+func (r *Rooms) StaleHeads() uint64 { return r.heads.stale.Load() }
 
 type cachedHead struct {
 	head  string // the forward extremities, joined
 	state map[pdu.StateKey]id.EventID
+	// The rest of the head as the last batch committed it, for the next
+	// batch to build on before its own read of the head arrives
+	// (batchTx.LockRooms).
+	version               id.RoomVersion
+	prev                  []id.EventID
+	depth, snap, chainLen int64
 }
 
 func headKey(prev []id.EventID) string {
@@ -67,13 +81,41 @@ func (c *headCache) get(roomID id.RoomID, head string) (map[pdu.StateKey]id.Even
 	return maps.Clone(h.state), true
 }
 
-func (c *headCache) put(roomID id.RoomID, head string, state map[pdu.StateKey]id.EventID) {
+func (c *headCache) put(t *roomTx) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.m) >= maxCachedHeads {
 		clear(c.m)
 	}
-	c.m[roomID] = cachedHead{head: head, state: state}
+	c.m[t.roomID] = cachedHead{head: headKey(t.prev), state: t.state, version: t.version,
+		prev: t.prev, depth: t.depth, snap: t.snap, chainLen: t.chainLen}
+}
+
+// heads returns the cached heads of all of rooms, or false if one is
+// missing.
+func (c *headCache) heads(rooms []string) ([]cachedHead, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]cachedHead, len(rooms))
+	for i, rid := range rooms {
+		h, ok := c.m[id.RoomID(rid)]
+		if !ok || len(h.prev) == 0 {
+			return nil, false
+		}
+		h.state = maps.Clone(h.state)
+		out[i] = h
+	}
+	return out, true
+}
+
+// forget drops rooms' cached heads, found stale.
+func (c *headCache) forget(rooms []string) {
+	c.stale.Add(1)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rid := range rooms {
+		delete(c.m, id.RoomID(rid))
+	}
 }
 
 var _ room.Store = (*Rooms)(nil)
@@ -196,9 +238,9 @@ func (r *Rooms) Batch(ctx context.Context, fn func(room.BatchTx) error) error {
 	// Committed: what the batch knows of each room's state is now true.
 	var maxPos int64
 	var rooms []id.RoomID
-	for rid, t := range done.rooms {
-		if t.headLoaded {
-			r.heads.put(rid, headKey(t.prev), t.state)
+	for _, t := range done.rooms {
+		if t.headLoaded && len(t.prev) > 0 && t.depth > 0 {
+			r.heads.put(t)
 		}
 	}
 	for rid := range done.appended {
@@ -293,7 +335,7 @@ func (b *batchTx) Flush(last bool) error {
 func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 	var want []string
 	for _, rid := range roomIDs {
-		if _, ok := b.rooms[rid]; !ok {
+		if _, ok := b.rooms[rid]; !ok && !slices.Contains(want, string(rid)) {
 			want = append(want, string(rid))
 		}
 	}
@@ -345,9 +387,38 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 		pb.Queue("SELECT pg_advisory_xact_lock($1)", streamLockID)
 	}
 	br := s.tx.SendBatch(b.ctx, pb)
+	s.begun = true // if BEGIN failed, so does the batch
+	if spec, ok := b.heads.heads(want); ok {
+		// Every room's head is cached from the batch that wrote it last:
+		// the jobs build on those while the locks and the heads read are
+		// on their way, and the heads read checks them before anything
+		// else is sent (stream.settle). Only another process writing the
+		// rooms (or a batch that failed after the cache was filled) makes
+		// them differ: the batch then fails with room.ErrStaleHeads,
+		// having written nothing, and runs again on the heads read.
+		b.mu.Lock()
+		for i, h := range spec {
+			t := b.newHandle(id.RoomID(want[i]), h.version)
+			t.prev, t.depth, t.snap, t.chainLen, t.state, t.headLoaded = h.prev, h.depth, h.snap, h.chainLen, h.state, true
+		}
+		b.mu.Unlock()
+		s.pending = func() error {
+			defer br.Close()
+			return b.readLock(br, begin, lock, func(rows pgx.Rows) error { return checkHeads(rows, want, spec) }, func() {
+				b.heads.forget(want)
+			})
+		}
+		return nil
+	}
 	defer br.Close()
+	return b.readLock(br, begin, lock, b.readHeads, nil)
+}
+
+// readLock reads the answers of LockRooms' pipeline, the heads with
+// heads. stale, if set, runs when the heads check fails.
+func (b *batchTx) readLock(br pgx.BatchResults, begin, lock bool, heads func(pgx.Rows) error, stale func()) error {
+	s := b.s
 	if begin {
-		s.begun = true // if it failed, so does the batch
 		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("beginning the batch transaction: %w", err)
 		}
@@ -362,7 +433,10 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 	if err != nil {
 		return fmt.Errorf("reading room heads: %w", err)
 	}
-	if err := b.readHeads(rows); err != nil {
+	if err := heads(rows); err != nil {
+		if errors.Is(err, room.ErrStaleHeads) && stale != nil {
+			stale()
+		}
 		return err
 	}
 	if _, err = br.Exec(); err != nil {
@@ -373,6 +447,42 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 			return fmt.Errorf("taking the stream lock: %w", err)
 		}
 		s.lockLevel = -1 // outside every savepoint: held to the end
+	}
+	return nil
+}
+
+// checkHeads compares the heads read with those the batch built on.
+func checkHeads(rows pgx.Rows, want []string, spec []cachedHead) error {
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var roomID string
+		var version id.RoomVersion
+		var depth, snap, chain *int64
+		var prev []string
+		if err := rows.Scan(&roomID, &version, &depth, &snap, &chain, &prev); err != nil {
+			return err
+		}
+		i := slices.Index(want, roomID)
+		if i < 0 || depth == nil {
+			return room.ErrStaleHeads
+		}
+		h := spec[i]
+		mine := make([]string, len(h.prev))
+		for k, p := range h.prev {
+			mine[k] = string(p)
+		}
+		slices.Sort(mine)
+		if h.version != version || h.depth != *depth || h.snap != *snap || h.chainLen != *chain || !slices.Equal(mine, prev) {
+			return room.ErrStaleHeads
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if n != len(want) {
+		return room.ErrStaleHeads
 	}
 	return nil
 }
