@@ -60,7 +60,8 @@ type stream struct {
 	// batch's last writes when Flush is told they are the last
 	// (commitOnFlush) and the stream lock is already held, so that the
 	// commit's ticket (stream.go) can be taken before it is sent. ticket
-	// and committed report that commit.
+	// and committed report that commit. While jobs run, these are guarded
+	// by tok like the fields below.
 	begun, commitOnFlush, committed bool
 	ticket                          *streamTicket
 	db                              *DB
