@@ -456,24 +456,17 @@ func checkHeads(rows pgx.Rows, want []string, spec []cachedHead) error {
 	defer rows.Close()
 	n := 0
 	for rows.Next() {
-		var roomID string
-		var version id.RoomVersion
-		var depth, snap, chain *int64
-		var prev []string
-		if err := rows.Scan(&roomID, &version, &depth, &snap, &chain, &prev); err != nil {
+		roomID, h, err := scanHead(rows)
+		if err != nil {
 			return err
 		}
-		i := slices.Index(want, roomID)
-		if i < 0 || depth == nil {
+		i := slices.Index(want, string(roomID))
+		if i < 0 || h.depth == 0 {
 			return room.ErrStaleHeads
 		}
-		h := spec[i]
-		mine := make([]string, len(h.prev))
-		for k, p := range h.prev {
-			mine[k] = string(p)
-		}
-		slices.Sort(mine)
-		if h.version != version || h.depth != *depth || h.snap != *snap || h.chainLen != *chain || !slices.Equal(mine, prev) {
+		mine := slices.Clone(spec[i].prev)
+		slices.Sort(mine) // as read: ordered by event ID
+		if c := spec[i]; c.version != h.version || c.depth != h.depth || c.snap != h.snap || c.chainLen != h.chainLen || !slices.Equal(mine, h.prev) {
 			return room.ErrStaleHeads
 		}
 		n++
@@ -487,27 +480,38 @@ func checkHeads(rows pgx.Rows, want []string, spec []cachedHead) error {
 	return nil
 }
 
+// scanHead reads one row of LockRooms' heads read (depth 0: the room has
+// no head yet).
+func scanHead(rows pgx.Rows) (id.RoomID, cachedHead, error) {
+	var roomID id.RoomID
+	var h cachedHead
+	var depth, snap, chain *int64
+	var prev []string
+	if err := rows.Scan(&roomID, &h.version, &depth, &snap, &chain, &prev); err != nil {
+		return "", h, err
+	}
+	if depth != nil {
+		h.depth, h.snap, h.chainLen = *depth, *snap, *chain
+	}
+	h.prev = make([]id.EventID, len(prev))
+	for i, p := range prev {
+		h.prev[i] = id.EventID(p)
+	}
+	return roomID, h, nil
+}
+
 // readHeads makes handles of the rooms LockRooms read.
 func (b *batchTx) readHeads(rows pgx.Rows) error {
 	defer rows.Close()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for rows.Next() {
-		var roomID id.RoomID
-		var version id.RoomVersion
-		var depth, snap, chain *int64
-		var prev []string
-		if err := rows.Scan(&roomID, &version, &depth, &snap, &chain, &prev); err != nil {
+		roomID, h, err := scanHead(rows)
+		if err != nil {
 			return err
 		}
-		t := b.newHandle(roomID, version)
-		if depth != nil {
-			t.depth, t.snap, t.chainLen = *depth, *snap, *chain
-		}
-		t.prev = make([]id.EventID, len(prev))
-		for i, p := range prev {
-			t.prev[i] = id.EventID(p)
-		}
+		t := b.newHandle(roomID, h.version)
+		t.depth, t.snap, t.chainLen, t.prev = h.depth, h.snap, h.chainLen, h.prev
 		if st, ok := b.heads.get(roomID, headKey(t.prev)); ok && len(t.prev) > 0 {
 			t.state = st
 		}
