@@ -31,7 +31,7 @@ type Rooms struct {
 
 // Rooms returns the room store.
 func (db *DB) Rooms() *Rooms {
-	return &Rooms{db: db, pdus: newPDUCache(50_000), heads: &headCache{m: map[id.RoomID]cachedHead{}}, snapIDs: &snapshotIDs{}}
+	return &Rooms{db: db, pdus: newPDUCache(50_000), heads: &headCache{m: map[id.RoomID]cachedHead{}, stale: &db.staleHeads}, snapIDs: &snapshotIDs{}}
 }
 
 // headCache remembers, per room, the current-state event IDs that batches
@@ -41,8 +41,9 @@ func (db *DB) Rooms() *Rooms {
 type headCache struct {
 	mu sync.Mutex
 	m  map[id.RoomID]cachedHead
-	// stale counts the batches that found cached heads stale.
-	stale atomic.Uint64
+	// stale counts the batches that found cached heads stale (the DB's
+	// counter, exported as a metric).
+	stale *atomic.Uint64
 }
 
 // StaleHeads is how many batches found the room heads they built on

@@ -22,6 +22,10 @@ type DB struct {
 	// listener is told of stream commits (stream.go).
 	listener atomic.Pointer[StreamListener]
 	gate     streamGate
+	// staleHeads counts room batches that found the heads they built on
+	// stale (rooms.go), which only another process writing the same
+	// rooms causes.
+	staleHeads atomic.Uint64
 }
 
 // Options tunes the pool.

@@ -184,6 +184,7 @@ func TestMetricsByRoutePattern(t *testing.T) {
 		`weft_http_requests_total{code="404",method="GET",route="unmatched"}`,
 		`weft_http_request_duration_seconds_bucket{method="GET",route="/_matrix/client/versions"`,
 		"weft_db_pool_max_connections",
+		"weft_room_batch_stale_heads_total 0",
 		"go_goroutines",
 		"process_resident_memory_bytes",
 	} {
