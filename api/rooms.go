@@ -276,17 +276,7 @@ func (s *server) ignoredUsers(r *http.Request, me id.UserID) map[id.UserID]bool 
 	if err != nil {
 		return nil
 	}
-	var c struct {
-		IgnoredUsers map[id.UserID]json.RawMessage `json:"ignored_users"`
-	}
-	if json.Unmarshal(raw, &c) != nil || len(c.IgnoredUsers) == 0 {
-		return nil
-	}
-	out := make(map[id.UserID]bool, len(c.IgnoredUsers))
-	for u := range c.IgnoredUsers {
-		out[u] = true
-	}
-	return out
+	return room.IgnoredUsers(raw)
 }
 
 // POST /_matrix/client/v3/rooms/{roomId}/upgrade

@@ -584,3 +584,19 @@ func (s *Service) stateAtToken(ctx context.Context, roomID id.RoomID, tok Token,
 	}
 	return s.store.StateAt(ctx, roomID, last[0].ID, true)
 }
+
+// IgnoredUsers is the set of users an m.ignored_user_list account data
+// content lists (nil for none, or for content that is not such a list).
+func IgnoredUsers(content json.RawMessage) map[id.UserID]bool {
+	var c struct {
+		IgnoredUsers map[id.UserID]json.RawMessage `json:"ignored_users"`
+	}
+	if json.Unmarshal(content, &c) != nil || len(c.IgnoredUsers) == 0 {
+		return nil
+	}
+	out := make(map[id.UserID]bool, len(c.IgnoredUsers))
+	for u := range c.IgnoredUsers {
+		out[u] = true
+	}
+	return out
+}

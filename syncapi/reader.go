@@ -3,7 +3,6 @@ package syncapi
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
@@ -215,17 +214,7 @@ func (r *reader) Ignored(user id.UserID) (map[id.UserID]bool, error) {
 		if err != nil || raw == nil {
 			return nil, err
 		}
-		var list struct {
-			Ignored map[id.UserID]json.RawMessage `json:"ignored_users"`
-		}
-		if json.Unmarshal(raw, &list) != nil || len(list.Ignored) == 0 {
-			return nil, nil // not a list: ignores nobody
-		}
-		out := make(map[id.UserID]bool, len(list.Ignored))
-		for u := range list.Ignored {
-			out[u] = true
-		}
-		return out, nil
+		return room.IgnoredUsers(raw), nil
 	}
 	last := r.s.n.userLastChange(user, KindAccountData)
 	if last > r.to {
