@@ -34,10 +34,13 @@ func (db *DB) Rooms() *Rooms {
 	return &Rooms{db: db, pdus: newPDUCache(50_000), heads: &headCache{m: map[id.RoomID]cachedHead{}, stale: &db.staleHeads}, snapIDs: &snapshotIDs{}}
 }
 
-// headCache remembers, per room, the current-state event IDs that batches
-// looked up, tagged with the room's forward extremities when they were true.
-// A batch that locks a room and finds the same extremities knows nobody (no
-// other process either) appended since, and reuses them.
+// headCache remembers, per room, the head the last committed batch left
+// (extremities, depth, snapshot) and the current-state event IDs batches
+// looked up, tagged with those extremities. A batch that locks a room and
+// finds the same extremities knows nobody (no other process either)
+// appended since, and reuses the state IDs; a batch whose rooms all have
+// cached heads builds on them before its read of the heads arrives, and
+// checks them when it does (batchTx.LockRooms).
 type headCache struct {
 	mu sync.Mutex
 	m  map[id.RoomID]cachedHead

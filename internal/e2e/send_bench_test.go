@@ -30,7 +30,10 @@ import (
 //	GOTOOLCHAIN=auto go test -run '^$' -bench Send -benchtime 2000x ./internal/e2e/
 func BenchmarkSend(b *testing.B) {
 	srv := Start(b, Options{Env: map[string]string{
-		"WEFT_DATABASE_URL": "", "WEFT_REGISTRATION_MODE": "open", "WEFT_PASSWORDS_BCRYPT_COST": "4",
+		// Empty: the embedded cluster. WEFT_BENCH_DATABASE_URL points the
+		// benchmark at another PostgreSQL (an empty database), for
+		// example one across a network.
+		"WEFT_DATABASE_URL": os.Getenv("WEFT_BENCH_DATABASE_URL"), "WEFT_REGISTRATION_MODE": "open", "WEFT_PASSWORDS_BCRYPT_COST": "4",
 		"WEFT_RATE_LIMITS_ENABLED": "false", "WEFT_LOG_LEVEL": "warn",
 	}})
 	ctx := context.Background()
