@@ -54,6 +54,8 @@ type Service struct {
 	// holds the members it evaluates for (push.go).
 	push        PushRules
 	memberCache roomMembers
+	// auth remembers the message events the auth rules allowed (authmemo.go).
+	auth authMemo
 }
 
 // New builds the room service.
@@ -171,12 +173,8 @@ func (s *Service) appendEvent(tx Tx, ev eventRequest) (id.EventID, error) {
 		}
 		return out, nil
 	}
-	if err := eventauth.Authorize(version, p, nil, getEvents, noKeys); err != nil {
-		var afe eventauth.AuthFailError
-		if errors.As(err, &afe) {
-			return "", errForbidden(fmt.Sprintf("%s (auth rule %s)", afe.Message, afe.Index))
-		}
-		return "", errForbidden("Event not allowed: " + err.Error())
+	if err := s.authorize(version, p, getEvents); err != nil {
+		return "", err
 	}
 	pushed, members, err := s.pushFor(tx, p, eventID)
 	if err != nil {
@@ -190,6 +188,26 @@ func (s *Service) appendEvent(tx Tx, ev eventRequest) (id.EventID, error) {
 		s.memberCache.put(tx.RoomID(), members)
 	}
 	return eventID, nil
+}
+
+// authorize checks p against the auth rules on its auth events
+// (eventauth), answering M_FORBIDDEN with the rule that failed.
+func (s *Service) authorize(version id.RoomVersion, p *pdu.PDU, getEvents eventauth.GetEventsFunc) error {
+	key, memo := authMemoKey(version, p)
+	if memo && s.auth.allowed(key) {
+		return nil
+	}
+	if err := eventauth.Authorize(version, p, nil, getEvents, noKeys); err != nil {
+		var afe eventauth.AuthFailError
+		if errors.As(err, &afe) {
+			return errForbidden(fmt.Sprintf("%s (auth rule %s)", afe.Message, afe.Index))
+		}
+		return errForbidden("Event not allowed: " + err.Error())
+	}
+	if memo {
+		s.auth.allow(key)
+	}
+	return nil
 }
 
 // noKeys is the key lookup for third-party invite signatures, which Weft
