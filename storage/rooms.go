@@ -300,7 +300,7 @@ func (b *batchTx) Flush(last bool) error {
 		rooms = append(rooms, string(t.roomID))
 		snaps = append(snaps, t.snap)
 		depths = append(depths, t.depth)
-		for _, e := range t.prev {
+		for _, e := range slices.Sorted(slices.Values(t.prev)) { // event ID order: checkHeads compares so
 			extRooms = append(extRooms, string(t.roomID))
 			extEvents = append(extEvents, string(e))
 		}
@@ -311,13 +311,15 @@ func (b *batchTx) Flush(last bool) error {
 	s.commitOnFlush = last
 	defer func() { s.commitOnFlush = false }()
 	if len(rooms) > 0 {
-		// Three statements for all the batch's rooms, belonging to no
-		// job: they follow every job's.
+		// One statement for all the batch's rooms, belonging to no job:
+		// it follows every job's. The extremities come as (room, event)
+		// pairs, in event ID order.
 		s.queue = append(s.queue,
-			queued{job: -1, sql: `UPDATE room_heads h SET snapshot_id = u.snap, depth = u.depth
-			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(room_id, snap, depth) WHERE h.room_id = u.room_id`, args: []any{rooms, snaps, depths}},
-			queued{job: -1, sql: `DELETE FROM forward_extremities WHERE room_id = ANY($1)`, args: []any{rooms}},
-			queued{job: -1, sql: `INSERT INTO forward_extremities (room_id, event_id) SELECT * FROM unnest($1::text[], $2::text[])`, args: []any{extRooms, extEvents}})
+			queued{job: -1, sql: `UPDATE room_heads h SET snapshot_id = u.snap, depth = u.depth,
+				extremities = coalesce((SELECT array_agg(x.event_id ORDER BY x.ord) FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS x(room_id, event_id, ord)
+					WHERE x.room_id = h.room_id), '{}')
+			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(room_id, snap, depth) WHERE h.room_id = u.room_id`,
+				args: []any{rooms, snaps, depths, extRooms, extEvents}})
 	}
 	if err := s.flush(b.ctx); err != nil {
 		if fe := s.aborted; fe != nil {
@@ -359,14 +361,6 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 		}
 	}
 	//
-	// Every batch replaces its rooms' rows in forward_extremities, so the
-	// table's index fills with entries of dead rows until autovacuum comes.
-	// A bitmap scan, which the planner picks for the extremities lookup,
-	// visits them all every time (hundreds per room after a few thousand
-	// sends: most of Postgres's work for a batch); a plain index scan marks
-	// those no transaction can see any more as dead in the index, and later
-	// scans skip them. Bitmap scans are therefore off for this statement.
-	//
 	// The transaction begins in the same round trip, and the stream lock
 	// is taken in it too, after the rooms' (every batch locks its rooms
 	// first: no deadlock), outside any savepoint: the batch then holds it
@@ -380,12 +374,9 @@ func (b *batchTx) LockRooms(roomIDs []id.RoomID) error {
 		pb.Queue("BEGIN")
 	}
 	pb.Queue(`SELECT room_id FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE`, want)
-	pb.Queue(`SET LOCAL enable_bitmapscan = off`)
-	pb.Queue(`SELECT r.room_id, r.room_version, h.depth, h.snapshot_id, s.chain_len,
-			coalesce((SELECT array_agg(event_id ORDER BY event_id) FROM forward_extremities f WHERE f.room_id = r.room_id), '{}')
+	pb.Queue(`SELECT r.room_id, r.room_version, h.depth, h.snapshot_id, s.chain_len, coalesce(h.extremities, '{}')
 		FROM rooms r LEFT JOIN room_heads h USING (room_id) LEFT JOIN state_snapshots s ON s.snapshot_id = h.snapshot_id
 		WHERE r.room_id = ANY($1)`, want)
-	pb.Queue(`SET LOCAL enable_bitmapscan = DEFAULT`)
 	lock := s.lockLevel == -2
 	if lock {
 		pb.Queue("SELECT pg_advisory_xact_lock($1)", streamLockID)
@@ -430,9 +421,6 @@ func (b *batchTx) readLock(br pgx.BatchResults, begin, lock bool, heads func(pgx
 	if _, err := br.Exec(); err != nil {
 		return fmt.Errorf("locking rooms: %w", err)
 	}
-	if _, err := br.Exec(); err != nil {
-		return err
-	}
 	rows, err := br.Query()
 	if err != nil {
 		return fmt.Errorf("reading room heads: %w", err)
@@ -441,9 +429,6 @@ func (b *batchTx) readLock(br pgx.BatchResults, begin, lock bool, heads func(pgx
 		if errors.Is(err, room.ErrStaleHeads) && stale != nil {
 			stale()
 		}
-		return err
-	}
-	if _, err = br.Exec(); err != nil {
 		return err
 	}
 	if lock {
@@ -755,8 +740,7 @@ func (t *roomTx) loadHead() error {
 		return nil
 	}
 	var prev []string
-	err := t.tx.QueryRow(t.ctx, `SELECT h.depth, h.snapshot_id, s.chain_len,
-			coalesce((SELECT array_agg(event_id ORDER BY event_id) FROM forward_extremities WHERE room_id = $1), '{}')
+	err := t.tx.QueryRow(t.ctx, `SELECT h.depth, h.snapshot_id, s.chain_len, h.extremities
 		FROM room_heads h JOIN state_snapshots s USING (snapshot_id) WHERE h.room_id = $1`, t.roomID).
 		Scan(&t.depth, &t.snap, &t.chainLen, &prev)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {

@@ -140,7 +140,7 @@ func TestBatchOnStaleCachedHeads(t *testing.T) {
 			t.Fatal(err)
 		}
 		var head []id.EventID
-		if err := conn.QueryRow(ctx, `SELECT array_agg(event_id) FROM forward_extremities WHERE room_id = $1`, rid).Scan(&head); err != nil {
+		if err := conn.QueryRow(ctx, `SELECT extremities FROM room_heads WHERE room_id = $1`, rid).Scan(&head); err != nil {
 			t.Fatal(err)
 		}
 		if len(head) != 1 || head[0] != last {
