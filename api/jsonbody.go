@@ -19,6 +19,11 @@ func decodeJSON(r *http.Request, v any) error {
 	if err != nil {
 		return bodyReadError(err)
 	}
+	return decodeBody(body, v)
+}
+
+// decodeBody is decodeJSON of a body already read.
+func decodeBody(body []byte, v any) error {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 || trimmed[0] != '{' || !json.Valid(trimmed) {
 		return matrixError("M_NOT_JSON", "Request body is not a JSON object")

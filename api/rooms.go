@@ -1,7 +1,10 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
+	"encoding/json/jsontext"
+	"io"
 	"net/http"
 	"strconv"
 
@@ -40,10 +43,25 @@ func (s *server) createRoom(w http.ResponseWriter, r *http.Request) {
 	s.respond(w, r, map[string]id.RoomID{"room_id": roomID}, err)
 }
 
-// readContent reads an event content body: a JSON object.
+// readContent reads an event content body: a JSON object, compacted.
 func readContent(r *http.Request) (json.RawMessage, error) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return nil, bodyReadError(err)
+	}
+	v := jsontext.Value(bytes.TrimSpace(body))
+	// Nearly every body is strictly valid JSON (unique names, UTF-8):
+	// compacted in place, it is the content as it came.
+	if len(v) > 0 && v[0] == '{' && v.IsValid() {
+		if err := v.Compact(); err == nil {
+			return json.RawMessage(v), nil
+		}
+	}
+	// Otherwise encoding/json's reading of it, as for every body
+	// (decodeBody): the last of duplicate names wins, invalid UTF-8 is
+	// replaced, and its errors are the answer.
 	var c map[string]json.RawMessage
-	if err := decodeJSON(r, &c); err != nil {
+	if err := decodeBody(body, &c); err != nil {
 		return nil, err
 	}
 	return json.Marshal(c)

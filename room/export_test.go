@@ -34,3 +34,10 @@ func (s *Service) SendJob(p SendParams, eventID *id.EventID) func(Tx) error {
 		return err
 	}
 }
+
+// CheckContent and CanonicalContent expose the content checks.
+var (
+	CheckContent        = checkContent
+	CanonicalContent    = canonicalContent
+	CheckContentDecoded = checkContentDecoded
+)

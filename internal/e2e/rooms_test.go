@@ -573,8 +573,23 @@ func TestSendValidation(t *testing.T) {
 	if !strings.Contains(string(r.Raw), `"max":9007199254740991`) || !strings.Contains(string(r.Raw), `"min":-9007199254740991`) {
 		t.Fatalf("the largest safe integers did not survive: %s", r.Raw)
 	}
-	if after := rmCount(t, alice, rid); after != before+2 {
-		t.Fatalf("%d events, want %d", after, before+2)
+	// Content as it came, whitespace and all, or with a name twice (the
+	// last one counts, as encoding/json reads it), or with HTML: stored
+	// and served as the same JSON values.
+	for _, c := range []struct{ send, body string }{
+		{"{\n  \"msgtype\": \"m.text\",\n  \"body\": \"spaced <b>&</b>\"\n}\n", "spaced <b>&</b>"},
+		{`{"msgtype":"m.text","body":"first","body":"last"}`, "last"},
+	} {
+		sent := put(c.send)
+		sent.wantOK(t)
+		r := doJSON(t, "GET", clientURL(srv, "v3", "rooms", string(rid), "event", sent.Body["event_id"].(string)), alice.AccessToken, nil)
+		r.wantOK(t)
+		if content, _ := r.Body["content"].(map[string]any); content["body"] != c.body || content["msgtype"] != "m.text" {
+			t.Fatalf("sent %q, stored content %v", c.send, r.Body["content"])
+		}
+	}
+	if after := rmCount(t, alice, rid); after != before+4 {
+		t.Fatalf("%d events, want %d", after, before+4)
 	}
 }
 
