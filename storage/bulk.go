@@ -8,7 +8,7 @@ import (
 )
 
 // Bulk appends. Most of what a batch writes are message events: one row
-// in events, perhaps push rows, perhaps a transaction ID. Sent as
+// in events (with its transaction ID, if any), perhaps push rows. Sent as
 // statements of their own, behind a savepoint per job, they cost
 // PostgreSQL more in statement overhead (and a subtransaction each) than
 // in rows, and the stream lock is held meanwhile. So a job that appends
@@ -16,17 +16,17 @@ import (
 // sent, the events of consecutive such jobs go as one statement behind one
 // savepoint, that of the first job.
 //
-// Such a statement can fail only on a duplicate transaction ID (or
-// something that breaks the batch anyway), and then PostgreSQL does not
-// say which job's row it was. The stream is then rolled back to the
-// group's savepoint and aborted with a FlushError that fails no job
-// (Retry): the batcher runs the group's jobs and those after it again,
-// and from then on the batch sends events one by one, each job behind its
-// own savepoint, so that the job at fault fails alone, as without bulk
-// appends.
+// Such a statement can fail only on a duplicate transaction ID (the
+// unique index events_txn), or on something that breaks the batch anyway,
+// and then PostgreSQL does not say which job's row it was. The stream is
+// then rolled back to the group's savepoint and aborted with a FlushError
+// that fails no job (Retry): the batcher runs the group's jobs and those
+// after it again, and from then on the batch sends events one by one, each
+// job behind its own savepoint, so that the job at fault fails alone, as
+// without bulk appends.
 
-// bulkEvent is a message event to append: its row in events, its push
-// outcome and its transaction ID.
+// bulkEvent is a message event to append: its row in events (transaction
+// ID included) and its push outcome.
 type bulkEvent struct {
 	pos                    *int64
 	id                     id.EventID
@@ -127,28 +127,25 @@ func bulkSegment(seg []queued) bool {
 // their transaction IDs. It returns each event's position.
 const bulkSQL = `
 WITH ev AS (
-	INSERT INTO events (event_id, room_id, type, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
+	INSERT INTO events (event_id, room_id, type, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type, txn_device, txn_id)
 	SELECT u.event_id, u.room_id, u.type, u.sender, u.depth, u.ts, nextval('stream_pos_seq'), u.state_before, u.pdu::json,
-		nullif(u.relates_to, ''), nullif(u.rel_type, '')
-	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[])
-		WITH ORDINALITY AS u(event_id, room_id, type, sender, depth, ts, state_before, pdu, relates_to, rel_type, ord)
+		nullif(u.relates_to, ''), nullif(u.rel_type, ''), CASE WHEN u.txn_id <> '' THEN u.txn_device END, nullif(u.txn_id, '')
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+		WITH ORDINALITY AS u(event_id, room_id, type, sender, depth, ts, state_before, pdu, relates_to, rel_type, txn_device, txn_id, ord)
 	ORDER BY u.ord
 	RETURNING event_id, room_id, stream_pos
 ), summary AS (
 	INSERT INTO event_push_summary (room_id, stream_pos, event_id, sender, thread_id, highlight, actions, ts)
 	SELECT ev.room_id, ev.stream_pos, u.event_id, u.sender, u.thread_id, u.highlight, u.actions::json, u.ts
-	FROM unnest($11::text[], $12::text[], $13::text[], $14::bool[], $15::text[], $16::bigint[])
+	FROM unnest($13::text[], $14::text[], $15::text[], $16::bool[], $17::text[], $18::bigint[])
 		AS u(event_id, sender, thread_id, highlight, actions, ts)
 	JOIN ev USING (event_id)
 ), exceptions AS (
 	INSERT INTO event_push_exceptions (user_id, room_id, stream_pos, event_id, notify, thread_id, highlight, actions, ts)
 	SELECT u.user_id, ev.room_id, ev.stream_pos, u.event_id, u.notify, u.thread_id, u.highlight, u.actions::json, u.ts
-	FROM unnest($17::text[], $18::text[], $19::bool[], $20::text[], $21::bool[], $22::text[], $23::bigint[])
+	FROM unnest($19::text[], $20::text[], $21::bool[], $22::text[], $23::bool[], $24::text[], $25::bigint[])
 		AS u(event_id, user_id, notify, thread_id, highlight, actions, ts)
 	JOIN ev USING (event_id)
-), txns AS (
-	INSERT INTO event_txns (user_id, device_id, txn_id, event_id)
-	SELECT * FROM unnest($24::text[], $25::text[], $26::text[], $27::text[])
 )
 SELECT event_id, stream_pos FROM ev`
 
@@ -158,17 +155,18 @@ func bulkStatement(first int, evs []*bulkEvent, entered int) wireStmt {
 	ids, rooms, types, senders := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	depths, tss, befores := make([]int64, n), make([]int64, n), make([]int64, n)
 	pdus, rels, relTypes := make([]string, n), make([]string, n), make([]string, n)
+	txnDevices, txnIDs := make([]string, n), make([]string, n)
 	var sIDs, sSenders, sThreads, sActions []string
 	var sHighlights []bool
 	var sTS []int64
 	var xIDs, xUsers, xThreads, xActions []string
 	var xNotify, xHighlights []bool
 	var xTS []int64
-	var tUsers, tDevices, tTxns, tIDs []string
 	for i, e := range evs {
 		ids[i], rooms[i], types[i], senders[i] = string(e.id), string(e.room), e.typ, string(e.sender)
 		depths[i], tss[i], befores[i] = e.depth, e.ts, e.stateBefore
 		pdus[i], rels[i], relTypes[i] = e.pdu, e.relatesTo, e.relType
+		txnDevices[i], txnIDs[i] = string(e.txnDevice), e.txnID
 		if e.push != nil {
 			if sm := e.push.Summary; sm != nil {
 				sIDs, sSenders, sThreads = append(sIDs, string(e.id)), append(sSenders, string(e.sender)), append(sThreads, sm.Thread)
@@ -179,15 +177,11 @@ func bulkStatement(first int, evs []*bulkEvent, entered int) wireStmt {
 				xHighlights, xActions, xTS = append(xHighlights, x.Highlight), append(xActions, string(x.Actions)), append(xTS, e.ts)
 			}
 		}
-		if e.txnID != "" {
-			tUsers, tDevices, tTxns, tIDs = append(tUsers, string(e.sender)), append(tDevices, string(e.txnDevice)), append(tTxns, e.txnID), append(tIDs, string(e.id))
-		}
 	}
 	return wireStmt{job: first, sql: bulkSQL, events: evs, entered: entered, args: []any{
-		ids, rooms, types, senders, depths, tss, befores, pdus, rels, relTypes,
+		ids, rooms, types, senders, depths, tss, befores, pdus, rels, relTypes, txnDevices, txnIDs,
 		sIDs, sSenders, sThreads, sHighlights, sActions, sTS,
 		xIDs, xUsers, xNotify, xThreads, xHighlights, xActions, xTS,
-		tUsers, tDevices, tTxns, tIDs,
 	}}
 }
 
@@ -217,16 +211,12 @@ func readPositions(br pgx.BatchResults, evs []*bulkEvent) error {
 
 // eventStatements are the statements of one event sent on its own.
 func eventStatements(job int, e *bulkEvent) []wireStmt {
-	out := []wireStmt{{job: job, pos: e.pos, sql: `INSERT INTO events (event_id, room_id, type, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
-		VALUES ($1, $2, $3, $4, $5, $6, nextval('stream_pos_seq'), $7, $8, nullif($9, ''), nullif($10, ''))
+	out := []wireStmt{{job: job, pos: e.pos, sql: `INSERT INTO events (event_id, room_id, type, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type, txn_device, txn_id)
+		VALUES ($1, $2, $3, $4, $5, $6, nextval('stream_pos_seq'), $7, $8, nullif($9, ''), nullif($10, ''), CASE WHEN $12::text <> '' THEN $11::text END, nullif($12::text, ''))
 		RETURNING stream_pos`,
-		args: []any{e.id, e.room, e.typ, e.sender, e.depth, e.ts, e.stateBefore, e.pdu, e.relatesTo, e.relType}}}
+		args: []any{e.id, e.room, e.typ, e.sender, e.depth, e.ts, e.stateBefore, e.pdu, e.relatesTo, e.relType, string(e.txnDevice), e.txnID}}}
 	for _, q := range pushStatements(e.id, e.room, e.sender, e.ts, e.push) {
 		out = append(out, wireStmt{job: job, sql: q.sql, args: q.args})
-	}
-	if e.txnID != "" {
-		out = append(out, wireStmt{job: job, sql: `INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)`,
-			args: []any{e.sender, e.txnDevice, e.txnID, e.id}})
 	}
 	return out
 }

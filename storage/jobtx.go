@@ -434,7 +434,7 @@ func mapWriteError(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 		switch pgErr.ConstraintName {
-		case "event_txns_pkey":
+		case "events_txn":
 			return room.ErrDuplicateTxn
 		case "rooms_pkey":
 			return room.ErrRoomExists

@@ -759,7 +759,7 @@ func (t *roomTx) TxnEvent(sender id.UserID, device id.DeviceID, txnID string) (i
 		return "", false, nil
 	}
 	var eid id.EventID
-	err := t.tx.QueryRow(t.ctx, `SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND txn_id = $3`, sender, device, txnID).Scan(&eid)
+	err := t.tx.QueryRow(t.ctx, `SELECT event_id FROM events WHERE sender = $1 AND txn_device = $2 AND txn_id = $3`, sender, device, txnID).Scan(&eid)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return "", false, nil
 	}
@@ -812,10 +812,10 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 		t.pdus.put(e.ID, e.PDU)
 		return 0, nil
 	}
-	t.tx.QueuePos(pos, `INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, ''))
+	t.tx.QueuePos(pos, `INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type, txn_device, txn_id)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, ''), CASE WHEN $13::text <> '' THEN $12::text END, nullif($13::text, ''))
 		RETURNING stream_pos`,
-		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, t.snap, string(e.Raw), relatesTo, relType)
+		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, t.snap, string(e.Raw), relatesTo, relType, string(e.TxnDevice), e.TxnID)
 	for _, q := range pushStatements(e.ID, t.roomID, e.PDU.Sender, e.PDU.OriginServerTS, e.Push) {
 		t.tx.Queue(q.sql, q.args...)
 	}
@@ -834,9 +834,6 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 				member_since = CASE WHEN current_state.membership IS NOT DISTINCT FROM EXCLUDED.membership
 					THEN current_state.member_since ELSE EXCLUDED.member_since END`,
 			t.roomID, e.PDU.Type, *e.PDU.StateKey, e.ID, membership)
-	}
-	if e.TxnID != "" {
-		t.tx.Queue(`INSERT INTO event_txns (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)`, e.PDU.Sender, e.TxnDevice, e.TxnID, e.ID)
 	}
 	if e.Redacts != "" {
 		t.tx.Queue(`UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND room_id = $3 AND redacted_by IS NULL`, e.Redacts, e.ID, t.roomID)

@@ -161,7 +161,7 @@ func (r *syncReader) StateIDs(reqs []syncapi.StateReq) (map[syncapi.StateReq]map
 }
 
 func (r *syncReader) TxnIDs(user id.UserID, device id.DeviceID, events []id.EventID) (map[id.EventID]string, error) {
-	rows, err := r.tx.Query(r.ctx, `SELECT event_id, txn_id FROM event_txns WHERE event_id = ANY($1) AND user_id = $2 AND device_id = $3`,
+	rows, err := r.tx.Query(r.ctx, `SELECT event_id, txn_id FROM events WHERE event_id = ANY($1) AND sender = $2 AND txn_device = $3 AND txn_id IS NOT NULL`,
 		events, user, device)
 	if err != nil {
 		return nil, fmt.Errorf("reading transaction IDs: %w", err)
