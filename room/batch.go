@@ -79,8 +79,9 @@ type job struct {
 // becomes a leader and runs what is queued in one transaction (the jobs of
 // one room one after another, different rooms in parallel: runRound), with
 // one COMMIT (one fsync) for all of them; whatever queues meanwhile forms
-// the next batch. Every job is acknowledged only after the
-// commit that holds it.
+// the next batch, which a new goroutine leads once the leader's own job is
+// committed (lead). Every job is acknowledged only after the commit that
+// holds it.
 //
 // Leaders can overlap: while one batch waits for Postgres and its fsync, the
 // next builds and signs its events. They cannot deadlock: a batch locks all
@@ -112,6 +113,16 @@ func (b *batcher) do(ctx context.Context, j *job) error {
 	}
 	b.running++
 	b.mu.Unlock()
+	b.lead(j)
+	return <-j.done
+}
+
+// lead runs batches of the queued jobs until none is queued. Called by the
+// request whose job own made it a leader, it runs batches only until own's
+// is done, and then hands what is queued to a new goroutine: under
+// steady load something is always queued, and the leader's own client
+// would otherwise wait for every batch after its own.
+func (b *batcher) lead(own *job) {
 	for {
 		b.mu.Lock()
 		n := min(len(b.pending), maxBatch)
@@ -120,12 +131,15 @@ func (b *batcher) do(ctx context.Context, j *job) error {
 		if n == 0 {
 			b.running--
 			b.mu.Unlock()
-			break
+			return
 		}
 		b.mu.Unlock()
 		b.runBatch(batch)
+		if own != nil && len(own.done) > 0 { // own's answer is waiting
+			go b.lead(nil) // keeps the running slot; ends when the queue is empty
+			return
+		}
 	}
-	return <-j.done
 }
 
 // runBatch runs jobs in one transaction. The transaction does not use any

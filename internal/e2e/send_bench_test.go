@@ -102,6 +102,7 @@ func BenchmarkSend(b *testing.B) {
 				b.ReportMetric(float64(n)/elapsed.Seconds(), "events/s")
 				b.ReportMetric(float64(lat[n/2].Microseconds())/1000, "p50-ms")
 				b.ReportMetric(float64(lat[n*99/100].Microseconds())/1000, "p99-ms")
+				b.ReportMetric(float64(lat[n-1].Microseconds())/1000, "max-ms")
 				weftEnd, pgEnd := processCPU(b, pid)
 				b.ReportMetric(float64((weftEnd-weftStart).Microseconds())/float64(n), "weft-cpu-us/event")
 				b.ReportMetric(float64((pgEnd-pgStart).Microseconds())/float64(n), "pg-cpu-us/event")
