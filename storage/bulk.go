@@ -37,8 +37,10 @@ type bulkEvent struct {
 	pdu                    string
 	relatesTo, relType     string
 	push                   *room.PushOutcome
-	txnDevice              id.DeviceID
-	txnID                  string
+	// txnDevice and txnID: both empty, or the client's transaction ID and
+	// its device (Append).
+	txnDevice id.DeviceID
+	txnID     string
 }
 
 // wireStmt is one statement as sent.
@@ -129,7 +131,7 @@ const bulkSQL = `
 WITH ev AS (
 	INSERT INTO events (event_id, room_id, type, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type, txn_device, txn_id)
 	SELECT u.event_id, u.room_id, u.type, u.sender, u.depth, u.ts, nextval('stream_pos_seq'), u.state_before, u.pdu::json,
-		nullif(u.relates_to, ''), nullif(u.rel_type, ''), CASE WHEN u.txn_id <> '' THEN u.txn_device END, nullif(u.txn_id, '')
+		nullif(u.relates_to, ''), nullif(u.rel_type, ''), nullif(u.txn_device, ''), nullif(u.txn_id, '')
 	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
 		WITH ORDINALITY AS u(event_id, room_id, type, sender, depth, ts, state_before, pdu, relates_to, rel_type, txn_device, txn_id, ord)
 	ORDER BY u.ord
@@ -212,7 +214,7 @@ func readPositions(br pgx.BatchResults, evs []*bulkEvent) error {
 // eventStatements are the statements of one event sent on its own.
 func eventStatements(job int, e *bulkEvent) []wireStmt {
 	out := []wireStmt{{job: job, pos: e.pos, sql: `INSERT INTO events (event_id, room_id, type, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type, txn_device, txn_id)
-		VALUES ($1, $2, $3, $4, $5, $6, nextval('stream_pos_seq'), $7, $8, nullif($9, ''), nullif($10, ''), CASE WHEN $12::text <> '' THEN $11::text END, nullif($12::text, ''))
+		VALUES ($1, $2, $3, $4, $5, $6, nextval('stream_pos_seq'), $7, $8, nullif($9, ''), nullif($10, ''), nullif($11, ''), nullif($12, ''))
 		RETURNING stream_pos`,
 		args: []any{e.id, e.room, e.typ, e.sender, e.depth, e.ts, e.stateBefore, e.pdu, e.relatesTo, e.relType, string(e.txnDevice), e.txnID}}}
 	for _, q := range pushStatements(e.id, e.room, e.sender, e.ts, e.push) {

@@ -794,6 +794,12 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 	}
 	relatesTo := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.event_id").Str
 	relType := gjson.GetBytes(e.PDU.Content, "m\\.relates_to.rel_type").Str
+	// The event row's txn_device is set only with its txn_id (both are
+	// NULL for an event without a transaction ID).
+	txnDevice := e.TxnDevice
+	if e.TxnID == "" {
+		txnDevice = ""
+	}
 	pos := new(int64)
 	t.batch.mu.Lock()
 	t.batch.positions = append(t.batch.positions, pos)
@@ -807,15 +813,15 @@ func (t *roomTx) Append(e *room.Appended) (int64, error) {
 		// (bulk.go).
 		t.tx.queueEvent(&bulkEvent{pos: pos, id: e.ID, room: t.roomID, typ: e.PDU.Type, sender: e.PDU.Sender,
 			depth: e.PDU.Depth, ts: e.PDU.OriginServerTS, stateBefore: t.snap, pdu: string(e.Raw),
-			relatesTo: relatesTo, relType: relType, push: e.Push, txnDevice: e.TxnDevice, txnID: e.TxnID})
+			relatesTo: relatesTo, relType: relType, push: e.Push, txnDevice: txnDevice, txnID: e.TxnID})
 		t.prev, t.depth, t.dirty = []id.EventID{e.ID}, e.PDU.Depth, true
 		t.pdus.put(e.ID, e.PDU)
 		return 0, nil
 	}
 	t.tx.QueuePos(pos, `INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, pdu, relates_to, rel_type, txn_device, txn_id)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, ''), CASE WHEN $13::text <> '' THEN $12::text END, nullif($13::text, ''))
+		VALUES ($1, $2, $3, $4, $5, $6, $7, nextval('stream_pos_seq'), $8, $9, nullif($10, ''), nullif($11, ''), nullif($12, ''), nullif($13, ''))
 		RETURNING stream_pos`,
-		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, t.snap, string(e.Raw), relatesTo, relType, string(e.TxnDevice), e.TxnID)
+		e.ID, t.roomID, e.PDU.Type, e.PDU.StateKey, e.PDU.Sender, e.PDU.Depth, e.PDU.OriginServerTS, t.snap, string(e.Raw), relatesTo, relType, string(txnDevice), e.TxnID)
 	for _, q := range pushStatements(e.ID, t.roomID, e.PDU.Sender, e.PDU.OriginServerTS, e.Push) {
 		t.tx.Queue(q.sql, q.args...)
 	}

@@ -118,12 +118,11 @@ func BenchmarkSend(b *testing.B) {
 // (a goroutine hand-off each way, header maps), and the benchmark's
 // clients share the machine with the server they measure.
 type sender struct {
-	conn   net.Conn
-	r      *bufio.Reader
-	w      *bufio.Writer
-	host   string
-	token  string
-	prefix string
+	conn  net.Conn
+	r     *bufio.Reader
+	w     *bufio.Writer
+	host  string
+	token string
 }
 
 func dialSender(addr, token string) (*sender, error) {
