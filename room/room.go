@@ -245,28 +245,30 @@ func canonicalContent(content []byte) bool {
 	for dec.StackDepth() > 0 {
 		switch dec.PeekKind() {
 		case '{', '[', '}', ']':
-			if _, err := dec.ReadToken(); err != nil {
-				return false
-			}
-			continue
+			_, err = dec.ReadToken()
 		case '0':
-		default: // names, strings and literals: read raw, not decoded
-			if _, err := dec.ReadValue(); err != nil {
+			var raw jsontext.Value
+			if raw, err = dec.ReadValue(); err == nil && !safeInteger(raw) {
 				return false
 			}
-			continue
+		default: // names, strings and literals: read raw, not decoded
+			_, err = dec.ReadValue()
 		}
-		raw, err := dec.ReadValue()
-		if err != nil || bytes.ContainsAny(raw, ".eE") {
-			return false
-		}
-		n, err := strconv.ParseInt(string(raw), 10, 64)
-		if err != nil || n > maxSafeInt || n < -maxSafeInt {
+		if err != nil {
 			return false
 		}
 	}
 	_, err = dec.ReadToken()
 	return err == io.EOF
+}
+
+// safeInteger: the JSON number raw is an integer within ±(2^53-1).
+func safeInteger(raw []byte) bool {
+	if bytes.ContainsAny(raw, ".eE") {
+		return false
+	}
+	n, err := strconv.ParseInt(string(raw), 10, 64)
+	return err == nil && n <= maxSafeInt && n >= -maxSafeInt
 }
 
 // checkContentDecoded is checkContent by decoding content into values, with
